@@ -1,0 +1,417 @@
+"""``kryten-pipeline``: a thin CLI over the same Dagster definitions the UI shows.
+
+``refresh`` materialises the four assets (and their checks) through Dagster against the project's
+instance, so a CLI run appears in the UI's run history exactly like a UI run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kryten_pipeline.errors import ConfigurationError, KrytenError
+from kryten_pipeline.settings import SOURCES, SPEC_BY_FIELD, Settings, load_dotenv_file
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+STEPS = ("raw_catalog", "validated_items", "sqlite_snapshot", "kv_published")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")  # Dagster preview/beta notices are not for operators
+    load_dotenv_file()
+    try:
+        return int(args.handler(args))
+    except KrytenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ConfigurationError) else EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kryten-pipeline",
+        description="Refresh and inspect the kryten catalog snapshot (SQLite + NATS KV).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    refresh = sub.add_parser("refresh", help="materialise raw_catalog → … → kv_published for one namespace")
+    refresh.add_argument("--namespace", "-n", help="namespace (default: the first of KRYTEN_NAMESPACES)")
+    refresh.add_argument("--source", "-s", choices=SOURCES, help="override KRYTEN_SOURCE for this run")
+    refresh.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    refresh.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+    refresh.set_defaults(handler=cmd_refresh)
+
+    status = sub.add_parser("status", help="KV current vs the live SQLite file (exit 1 when inconsistent)")
+    status.add_argument("--namespace", "-n")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+    snapshots = sub.add_parser("snapshots", help="list snapshots: KV records and kept SQLite files")
+    snapshots.add_argument("--namespace", "-n")
+    snapshots.add_argument("--json", action="store_true")
+    snapshots.set_defaults(handler=cmd_snapshots)
+
+    rollback = sub.add_parser("rollback", help="make a kept snapshot live again and move KV current to it")
+    rollback.add_argument("--to", required=True, metavar="SNAPSHOT_ID")
+    rollback.add_argument("--namespace", "-n")
+    rollback.add_argument("--json", action="store_true")
+    rollback.set_defaults(handler=cmd_rollback)
+    return parser
+
+
+def _settings_and_namespace(namespace: str | None) -> tuple[Settings, str]:
+    settings = Settings.from_env()
+    chosen = namespace or settings.namespaces[0]
+    if chosen not in settings.namespaces:
+        raise ConfigurationError(
+            f"namespace {chosen!r} is not configured (configured: {', '.join(settings.namespaces)})",
+            setting="KRYTEN_NAMESPACES",
+        )
+    return settings, chosen
+
+
+def _absolutise_paths() -> None:
+    """Relative paths in the environment keep meaning the caller's directory after we chdir."""
+    for name in ("data_dir", "export_path"):
+        env = SPEC_BY_FIELD[name].env
+        value = os.environ.get(env, "").strip() or (SPEC_BY_FIELD[name].default or "")
+        if value:
+            os.environ[env] = str(Path(value).expanduser().resolve())
+
+
+# --- refresh -------------------------------------------------------------------------------------
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    if args.source:
+        os.environ[SPEC_BY_FIELD["source"].env] = args.source
+    settings, namespace = _settings_and_namespace(args.namespace)
+    _absolutise_paths()
+    settings = Settings.from_env()
+
+    from kryten_pipeline.dagster_defs.instance import open_instance, resolve_dagster_home
+
+    home = resolve_dagster_home(settings.data_dir)
+    os.chdir(home)
+    instance = open_instance(home)
+
+    from dagster._core.utils import make_new_run_id
+
+    from kryten_pipeline.dagster_defs.jobs import REFRESH_JOB_NAME
+    from kryten_pipeline.definitions import defs
+
+    job = defs.resolve_job_def(REFRESH_JOB_NAME)
+    run_id = make_new_run_id()
+    progress = _RunProgress(instance, run_id, enabled=not args.quiet)
+    started = time.perf_counter()
+    progress.start()
+    try:
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=namespace,
+            run_id=run_id,
+            raise_on_error=False,
+            tags={"kryten/trigger": "cli"},
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+        )
+    finally:
+        progress.stop()
+    summary = summarize_run(instance, run_id, namespace)
+    summary["wall_time_s"] = round(time.perf_counter() - started, 3)
+    summary["success"] = bool(result.success)
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    else:
+        _print_refresh_summary(summary)
+    if not result.success:
+        print(f"error: {summary['error'] or 'refresh failed'}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+class _RunProgress:
+    """Prints step progress from the run's event log while the run executes in this process."""
+
+    def __init__(self, instance: Any, run_id: str, *, enabled: bool) -> None:
+        self.instance = instance
+        self.run_id = run_id
+        self.enabled = enabled
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._seen = 0
+        self._step_started: dict[str, float] = {}
+
+    def start(self) -> None:
+        if self.enabled:
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self.enabled:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._drain()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            self._drain()
+
+    def _drain(self) -> None:
+        try:
+            records = self.instance.all_logs(self.run_id)
+        except Exception:  # the run may not be stored yet
+            return
+        for record in records[self._seen:]:
+            line = self._describe(record)
+            if line:
+                print(line, file=sys.stderr, flush=True)
+        self._seen = len(records)
+
+    def _describe(self, record: Any) -> str | None:
+        event = record.dagster_event
+        if event is None:
+            message = record.user_message or ""
+            if record.level < logging.INFO or not record.step_key or not message:
+                return None  # IO-manager chatter is DEBUG; the steps' own messages are INFO and up
+            return f"    {record.step_key}: {message}"
+        kind = event.event_type_value
+        step = event.step_key or ""
+        if kind == "STEP_START":
+            self._step_started[step] = record.timestamp
+            return f"  ▶ {step}"
+        if kind == "STEP_SUCCESS":
+            took = record.timestamp - self._step_started.get(step, record.timestamp)
+            return f"  ✔ {step} ({took:.2f} s)"
+        if kind == "STEP_FAILURE":
+            return f"  ✘ {step} failed"
+        if kind == "STEP_SKIPPED":
+            return f"  ↷ {step} skipped (an upstream step or blocking check failed)"
+        if kind == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            state = "passed" if evaluation.passed else "FAILED"
+            return f"    check {evaluation.check_name}: {state}"
+        return None
+
+
+def summarize_run(instance: Any, run_id: str, namespace: str) -> dict[str, Any]:
+    """What the run did, read back from its event log (the same facts the UI shows)."""
+    from dagster import DagsterEventType
+
+    summary: dict[str, Any] = {
+        "namespace": namespace, "run_id": run_id, "snapshot_id": None, "error": None,
+        "steps": {}, "checks": {},
+    }
+    started: dict[str, float] = {}
+    check_failures: list[str] = []
+    for record in instance.all_logs(run_id):
+        event = record.dagster_event
+        if event is None:
+            continue
+        step = event.step_key or ""
+        kind = event.event_type
+        if kind == DagsterEventType.STEP_START:
+            started[step] = record.timestamp
+        elif kind in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
+            entry = summary["steps"].setdefault(step, {})
+            entry["status"] = "ok" if kind == DagsterEventType.STEP_SUCCESS else "failed"
+            entry["seconds"] = round(record.timestamp - started.get(step, record.timestamp), 3)
+            if kind == DagsterEventType.STEP_FAILURE and summary["error"] is None:
+                summary["error"] = _failure_message(event)
+        elif kind == DagsterEventType.STEP_SKIPPED:
+            summary["steps"].setdefault(step, {})["status"] = "skipped"
+        elif kind == DagsterEventType.ASSET_MATERIALIZATION:
+            materialization = event.event_specific_data.materialization
+            metadata = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+            summary["steps"].setdefault(step, {})["metadata"] = _plain(metadata)
+            if materialization.asset_key.path[-1] == "sqlite_snapshot":
+                summary["snapshot_id"] = metadata.get("snapshot_id")
+        elif kind == DagsterEventType.ASSET_CHECK_EVALUATION:
+            evaluation = event.event_specific_data
+            summary["checks"][evaluation.check_name] = {
+                "passed": bool(evaluation.passed), "description": evaluation.description,
+            }
+            if not evaluation.passed:
+                check_failures.append(f"check {evaluation.check_name} failed: {evaluation.description}")
+    if check_failures:
+        summary["error"] = "; ".join(check_failures)
+    steps = summary["steps"]
+    raw = steps.get("raw_catalog", {}).get("metadata", {})
+    validated = steps.get("validated_items", {}).get("metadata", {})
+    built = steps.get("sqlite_snapshot", {}).get("metadata", {})
+    summary["source"] = raw.get("source")
+    summary["counts"] = {
+        "read": validated.get("total_read"),
+        "valid": validated.get("dagster/row_count"),
+        "rejected": validated.get("rejected_count"),
+        "categories": built.get("category_count"),
+        "published": steps.get("kv_published", {}).get("metadata", {}).get("dagster/row_count"),
+    }
+    summary["rejects_file"] = validated.get("rejects_file")
+    summary["sqlite_path"] = built.get("sqlite_path")
+    return summary
+
+
+def _failure_message(event: Any) -> str:
+    data = event.step_failure_data
+    if data is None:
+        return "step failed"
+    if data.user_failure_data is not None and data.user_failure_data.description:
+        return data.user_failure_data.description
+    error = data.error
+    while error is not None and error.cause is not None and "DagsterExecutionStepExecutionError" in error.cls_name:
+        error = error.cause
+    message = (error.message if error else "step failed").strip()
+    return message.splitlines()[-1] if message else "step failed"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _print_refresh_summary(summary: dict[str, Any]) -> None:
+    counts = summary["counts"]
+    timings = ", ".join(
+        f"{step} {info['seconds']:.2f} s" for step, info in summary["steps"].items() if "seconds" in info
+    )
+    lines = [
+        f"namespace: {summary['namespace']}",
+        f"source: {summary.get('source') or '-'}",
+        f"run_id: {summary['run_id']}",
+    ]
+    if summary["success"]:
+        lines.append(f"snapshot_id: {summary['snapshot_id']}")
+    lines.append(
+        f"items: {counts['valid'] if counts['valid'] is not None else '-'} valid of "
+        f"{counts['read'] if counts['read'] is not None else '-'} read, "
+        f"{counts['rejected'] if counts['rejected'] is not None else '-'} rejected, "
+        f"{counts['categories'] if counts['categories'] is not None else '-'} categories"
+    )
+    if summary.get("rejects_file"):
+        lines.append(f"rejects: {summary['rejects_file']}")
+    if summary.get("sqlite_path"):
+        lines.append(f"sqlite: {summary['sqlite_path']}")
+    lines.append(f"timings: {timings or '-'}; total {summary['wall_time_s']:.2f} s")
+    lines.append(f"result: {'ok' if summary['success'] else 'FAILED'}")
+    print("\n".join(lines))
+
+
+# --- status, snapshots, rollback -------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings, namespace = _settings_and_namespace(args.namespace)
+    from kryten_pipeline.dagster_defs.checks import read_consistency
+
+    report = asyncio.run(read_consistency(settings, namespace))
+    current = report.kv_current or {}
+    payload = {
+        "namespace": namespace,
+        "consistent": report.consistent,
+        "kv": {
+            "bucket": settings.kv_bucket,
+            "current": report.kv_current,
+            "revision": report.kv_revision,
+        },
+        "sqlite": {
+            "path": report.sqlite_path,
+            "snapshot_id": report.sqlite_snapshot_id,
+            "item_count": report.sqlite_item_count,
+        },
+        "problems": report.problems,
+    }
+    if args.json:
+        print(json.dumps(payload, indent=2, ensure_ascii=False))
+    else:
+        print(f"namespace: {namespace}")
+        print(f"kv current: {current.get('snapshot_id') or '-'} ({current.get('item_count', '-')} items, "
+              f"revision {report.kv_revision or '-'})")
+        print(f"sqlite: {report.sqlite_snapshot_id or '-'} ({report.sqlite_item_count if report.sqlite_item_count is not None else '-'} items) "
+              f"at {report.sqlite_path}")
+        print(f"consistent: {'yes' if report.consistent else 'NO'}")
+        for problem in report.problems:
+            print(f"  - {problem}")
+    return EXIT_OK if report.consistent else EXIT_FAILED
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    settings, namespace = _settings_and_namespace(args.namespace)
+    from kryten_pipeline.kv_store import snapshot_store
+    from kryten_pipeline.snapshot_db import list_kept_snapshots, live_db_path, read_snapshot_meta
+
+    async def read() -> tuple[list[dict[str, Any]], str | None]:
+        async with snapshot_store(settings) as store:
+            records = await store.list_snapshots(namespace)
+            current = await store.read_current(namespace)
+        return records, current.snapshot_id if current else None
+
+    records, current_id = asyncio.run(read())
+    kept = set(list_kept_snapshots(settings.data_dir, namespace))
+    live = (read_snapshot_meta(live_db_path(settings.data_dir, namespace)) or {}).get("snapshot_id")
+    by_id = {r["snapshot_id"]: r for r in records}
+    rows = []
+    for snapshot_id in sorted(set(by_id) | kept, reverse=True):
+        record = by_id.get(snapshot_id, {})
+        rows.append({
+            "snapshot_id": snapshot_id,
+            "created_at": record.get("created_at"),
+            "item_count": record.get("item_count"),
+            "source": record.get("source"),
+            "current": snapshot_id == current_id,
+            "live": snapshot_id == live,
+            "kept_file": snapshot_id in kept,
+            "kv_record": snapshot_id in by_id,
+        })
+    if args.json:
+        print(json.dumps({"namespace": namespace, "snapshots": rows}, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not rows:
+        print(f"no snapshots for namespace {namespace!r} yet: run `kryten-pipeline refresh`")
+        return EXIT_OK
+    print(f"{'snapshot_id':<24} {'items':>8}  {'flags':<18} source")
+    for row in rows:
+        flags = ",".join(f for f, on in (("current", row["current"]), ("live", row["live"]),
+                                         ("kept", row["kept_file"])) if on) or "-"
+        items = row["item_count"] if row["item_count"] is not None else "-"
+        print(f"{row['snapshot_id']:<24} {items:>8}  {flags:<18} {row['source'] or '-'}")
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    settings, namespace = _settings_and_namespace(args.namespace)
+    from kryten_pipeline.rollback import rollback_to
+    from kryten_pipeline.snapshot_id import is_snapshot_id
+
+    if not is_snapshot_id(args.to):
+        raise ConfigurationError(f"{args.to!r} is not a snapshot id (like 20251218T123456Z-7f3a9c)")
+    outcome = asyncio.run(rollback_to(settings, namespace, args.to))
+    if args.json:
+        print(json.dumps(outcome, indent=2))
+    else:
+        print(f"namespace {namespace}: current is now {outcome['snapshot_id']} "
+              f"(was {outcome['previous_current'] or 'none'}, revision {outcome['current_revision']})")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

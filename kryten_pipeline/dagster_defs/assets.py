@@ -1,0 +1,375 @@
+"""The four assets of DESIGN §1: raw_catalog → validated_items → sqlite_snapshot → kv_published."""
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from dagster_pandera import pandera_schema_to_dagster_type
+
+from kryten_pipeline import __version__
+from kryten_pipeline.catalog_item import CatalogConnector, CatalogItem, SourceReject
+from kryten_pipeline.connectors import make_connector
+from kryten_pipeline.dagster_defs.partitions import namespace_partitions
+from kryten_pipeline.dagster_defs.presentation import failure, markdown_table, scalar_metadata
+from kryten_pipeline.dagster_defs.resources import (
+    CatalogSourceResource,
+    NatsResource,
+    PipelineResource,
+    kryten_settings,
+)
+from kryten_pipeline.errors import KrytenError, SnapshotBuildError, StaleSnapshotError
+from kryten_pipeline.kv_store import current_key, snapshot_key, snapshot_store
+from kryten_pipeline.manifest import manifest_base_from
+from kryten_pipeline.settings import Settings
+from kryten_pipeline.snapshot_db import (
+    install_kept_snapshot,
+    install_snapshot,
+    kept_snapshot_path,
+    live_db_path,
+    namespace_dir,
+    read_snapshot_meta,
+    rows_from_frame,
+    build_snapshot_db,
+)
+from kryten_pipeline.snapshot_id import iso_utc, new_snapshot_id
+from kryten_pipeline.validation import VALIDATED_SCHEMA, check_thresholds, validate_items, write_rejects_file
+
+GROUP = "catalog"
+OWNERS = ["team:kryten"]
+REJECT_FILES_KEPT = 10
+VALIDATED_ITEMS_TYPE = pandera_schema_to_dagster_type(VALIDATED_SCHEMA)
+
+
+@dataclass
+class RawCatalog:
+    """What a connector produced for one namespace: items as the source gave them, plus its own rejects."""
+
+    namespace: str
+    source: str
+    items: list[CatalogItem]
+    source_rejects: list[SourceReject] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+async def _collect(connector: CatalogConnector) -> list[CatalogItem]:
+    return [item async for item in connector.iter_catalog_items()]
+
+
+def _progress_logger(context: dg.AssetExecutionContext) -> Any:
+    def report(stats: dict[str, Any]) -> None:
+        shown = ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, (int, float, str)))
+        context.log.info(f"progress: {shown}")
+
+    return report
+
+
+@dg.asset(
+    partitions_def=namespace_partitions,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"python"},
+    description="Every item of the configured catalog source (KRYTEN_SOURCE), read through its connector.",
+)
+def raw_catalog(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource, catalog_source: CatalogSourceResource
+) -> dg.Output[RawCatalog]:
+    namespace = context.partition_key
+    try:
+        settings = kryten_settings(pipeline, catalog_source)
+        connector = make_connector(settings, namespace=namespace, progress=_progress_logger(context))
+        context.log.info(f"reading catalog of namespace {namespace!r} from {connector.label}")
+        started = time.perf_counter()
+        items = asyncio.run(_collect(connector))
+    except KrytenError as exc:
+        raise failure(exc, namespace=namespace) from exc
+    elapsed = time.perf_counter() - started
+    raw = RawCatalog(namespace, connector.label, items, list(connector.source_rejects), dict(connector.stats))
+    records = len(items) + len(raw.source_rejects)
+    metadata: dict[str, Any] = {
+        "dagster/row_count": len(items),
+        "namespace": namespace,
+        "source": connector.label,
+        "source_rejects": len(raw.source_rejects),
+        "wall_time_s": round(elapsed, 3),
+        "items_per_s": round(records / elapsed, 1) if elapsed > 0 else 0.0,
+        **scalar_metadata(raw.stats, prefix="source."),
+    }
+    context.log.info(f"read {len(items)} items ({len(raw.source_rejects)} unreadable records) in {elapsed:.2f} s")
+    return dg.Output(raw, metadata=metadata)
+
+
+@dg.asset(
+    partitions_def=namespace_partitions,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"pandas", "pandera"},
+    dagster_type=VALIDATED_ITEMS_TYPE,
+    description="Items that passed the pandera schema; each rejected row is written with its reasons.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "schema_and_reject_ratio",
+            asset="validated_items",
+            blocking=True,
+            description="Schema held; rejected rows ≤ KRYTEN_MAX_REJECT_RATIO; item count not collapsed "
+            "below KRYTEN_MIN_COUNT_RATIO of the live snapshot.",
+        )
+    ],
+)
+def validated_items(
+    context: dg.AssetExecutionContext,
+    raw_catalog: RawCatalog,
+    pipeline: PipelineResource,
+    catalog_source: CatalogSourceResource,
+) -> Any:
+    namespace = context.partition_key
+    try:
+        settings = kryten_settings(pipeline, catalog_source)
+        manifest_base = manifest_base_from(settings.mediacms_url, settings.manifest_base_url)
+    except KrytenError as exc:
+        raise failure(exc, namespace=namespace) from exc
+    started = time.perf_counter()
+    result = validate_items(raw_catalog.items, manifest_base=manifest_base,
+                            source_rejects=raw_catalog.source_rejects)
+    elapsed = time.perf_counter() - started
+    live_meta = read_snapshot_meta(live_db_path(settings.data_dir, namespace))
+    live_count = int(live_meta["item_count"]) if live_meta and live_meta.get("item_count") else None
+    report = check_thresholds(result, live_item_count=live_count, max_reject_ratio=settings.max_reject_ratio,
+                              min_count_ratio=settings.min_count_ratio)
+    rejects_path = _write_rejects(settings, namespace, context.run_id, result.rejects)
+
+    frame = result.frame
+    frame.attrs.update(source=raw_catalog.source, rejected_count=result.rejected_count, total=result.total)
+    top = result.top_reasons(10)
+    metadata: dict[str, Any] = {
+        "dagster/row_count": result.accepted_count,
+        "rejected_count": result.rejected_count,
+        "total_read": result.total,
+        "reject_ratio": round(result.reject_ratio, 5),
+        "validation_s": round(elapsed, 3),
+        "top_reject_reasons": dg.MetadataValue.md(markdown_table(["reason", "rows"], top) if top else "none"),
+        "preview": dg.MetadataValue.md(_preview(frame)),
+    }
+    if rejects_path:
+        metadata["rejects_file"] = dg.MetadataValue.path(str(rejects_path))
+    context.log.info(
+        f"{result.accepted_count} valid, {result.rejected_count} rejected of {result.total} "
+        f"({result.reject_ratio:.2%}) in {elapsed:.2f} s"
+    )
+    yield dg.Output(frame, metadata=metadata)
+    yield dg.AssetCheckResult(
+        check_name="schema_and_reject_ratio",
+        passed=report.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(report.problems) if report.problems else "schema held; thresholds respected",
+        metadata={
+            "reject_ratio": round(report.reject_ratio, 5),
+            "max_reject_ratio": report.max_reject_ratio,
+            "item_count": report.item_count,
+            "live_item_count": report.live_item_count if report.live_item_count is not None else -1,
+            "min_count_ratio": report.min_count_ratio,
+            "problems": dg.MetadataValue.json(report.problems),
+        },
+    )
+
+
+@dg.asset(
+    partitions_def=namespace_partitions,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"sqlite"},
+    description="A new SQLite search index (FTS5) built, verified and swapped in atomically as catalog.sqlite3.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "sqlite_integrity",
+            asset="sqlite_snapshot",
+            blocking=True,
+            description="PRAGMA integrity_check ok, FTS row count = item count, snapshot_meta complete; "
+            "checked on the new file before it is swapped in.",
+        )
+    ],
+)
+def sqlite_snapshot(
+    context: dg.AssetExecutionContext, validated_items: pd.DataFrame, pipeline: PipelineResource
+) -> Any:
+    namespace = context.partition_key
+    settings = kryten_settings(pipeline)
+    now = datetime.now(UTC)
+    snapshot_id = new_snapshot_id(now)
+    source = str(validated_items.attrs.get("source", "unknown"))
+    rejected = int(validated_items.attrs.get("rejected_count", 0))
+    try:
+        built = build_snapshot_db(
+            rows_from_frame(validated_items),
+            data_dir=settings.data_dir,
+            namespace=namespace,
+            snapshot_id=snapshot_id,
+            created_at=iso_utc(now),
+            source=source,
+            extra_meta={"rejected_count": rejected, "run_id": context.run_id, "generator": f"kryten-pipeline {__version__}"},
+        )
+    except SnapshotBuildError as exc:
+        yield dg.AssetCheckResult(check_name="sqlite_integrity", passed=False, description=str(exc))
+        raise failure(exc, namespace=namespace) from exc
+    yield dg.AssetCheckResult(
+        check_name="sqlite_integrity",
+        passed=True,
+        description="integrity_check ok; FTS rows = items; snapshot_meta complete",
+        metadata={"item_count": built.item_count, "snapshot_id": built.snapshot_id},
+    )
+    try:
+        installed = install_snapshot(built, data_dir=settings.data_dir, keep=settings.keep_snapshots)
+    except (StaleSnapshotError, OSError) as exc:
+        error = exc if isinstance(exc, KrytenError) else SnapshotBuildError(f"swap failed: {exc}")
+        raise failure(error, namespace=namespace) from exc
+    context.log.info(
+        f"snapshot {built.snapshot_id}: {built.item_count} items, {built.category_count} categories, "
+        f"swapped in at {installed.live_path} (previous: {installed.previous_snapshot_id or 'none'})"
+    )
+    top_categories = Counter(c for cats in validated_items["categories"] for c in cats).most_common(10)
+    info = {
+        "namespace": namespace,
+        "snapshot_id": built.snapshot_id,
+        "created_at": built.created_at,
+        "source": source,
+        "item_count": built.item_count,
+        "category_count": built.category_count,
+        "rejected_count": rejected,
+        "sqlite_path": str(installed.live_path.resolve()),
+        "snapshot_file": str(installed.snapshot_file.resolve()),
+        "sqlite_sha256": built.sha256,
+        "previous_snapshot_id": installed.previous_snapshot_id,
+    }
+    yield dg.Output(
+        info,
+        metadata={
+            "dagster/row_count": built.item_count,
+            "snapshot_id": built.snapshot_id,
+            "sqlite_path": dg.MetadataValue.path(info["sqlite_path"]),
+            "snapshot_file": dg.MetadataValue.path(info["snapshot_file"]),
+            "sha256": built.sha256,
+            "size_bytes": built.size_bytes,
+            "category_count": built.category_count,
+            "category_memberships": built.membership_count,
+            "previous_snapshot_id": installed.previous_snapshot_id or "none",
+            "pruned_snapshots": dg.MetadataValue.json(installed.pruned),
+            "top_categories": dg.MetadataValue.md(
+                markdown_table(["category", "items"], top_categories) if top_categories else "none"
+            ),
+            **{f"timing.{k}": v for k, v in built.timings.items()},
+        },
+    )
+
+
+@dg.asset(
+    partitions_def=namespace_partitions,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"nats"},
+    description="The snapshot recorded in NATS KV: ns/{ns}/snapshots/{id} (create-only), then ns/{ns}/current "
+    "by compare-and-set, never backwards.",
+)
+def kv_published(
+    context: dg.AssetExecutionContext, sqlite_snapshot: dict[str, Any], pipeline: PipelineResource,
+    nats: NatsResource,
+) -> dg.Output[dict[str, Any]]:
+    namespace = context.partition_key
+    settings = kryten_settings(pipeline, nats)
+    value = kv_value(sqlite_snapshot, run_id=context.run_id)
+    try:
+        result = asyncio.run(_publish(settings, namespace, value))
+    except KrytenError as exc:
+        restored = _restore_previous_live(settings, sqlite_snapshot, context)
+        raise failure(exc, namespace=namespace, live_file_restored=restored) from exc
+    context.log.info(
+        f"published {value['snapshot_id']} as {current_key(namespace)} (revision {result.current_revision}); "
+        f"previous current: {result.previous_snapshot_id or 'none'}"
+    )
+    return dg.Output(
+        value,
+        metadata={
+            "snapshot_id": value["snapshot_id"],
+            "dagster/row_count": value["item_count"],
+            "bucket": settings.kv_bucket,
+            "snapshot_key": snapshot_key(namespace, value["snapshot_id"]),
+            "snapshot_revision": result.snapshot_revision,
+            "current_key": current_key(namespace),
+            "current_revision": result.current_revision or 0,
+            "previous_current": result.previous_snapshot_id or "none",
+            "nats": "embedded" if not settings.nats_url else "external",
+        },
+    )
+
+
+def kv_value(snapshot: dict[str, Any], *, run_id: str) -> dict[str, Any]:
+    """The KV value of DESIGN §2 for a built snapshot (contract fields first, then additive ones)."""
+    notes = f"{snapshot['item_count']} items from {snapshot['source']}"
+    if snapshot.get("rejected_count"):
+        notes += f"; {snapshot['rejected_count']} rejected"
+    return {
+        "snapshot_id": snapshot["snapshot_id"],
+        "source": snapshot["source"],
+        "created_at": snapshot["created_at"],
+        "item_count": snapshot["item_count"],
+        "notes": notes,
+        "schema_version": 1,
+        "namespace": snapshot["namespace"],
+        "sqlite_path": snapshot["sqlite_path"],
+        "sqlite_sha256": snapshot["sqlite_sha256"],
+        "category_count": snapshot["category_count"],
+        "rejected_count": snapshot.get("rejected_count", 0),
+        "run_id": run_id,
+    }
+
+
+async def _publish(settings: Settings, namespace: str, value: dict[str, Any]) -> Any:
+    async with snapshot_store(settings) as store:
+        return await store.publish_snapshot(namespace, value)
+
+
+def _restore_previous_live(settings: Settings, snapshot: dict[str, Any], context: dg.AssetExecutionContext) -> bool:
+    """After a failed publish, put the previous live file back so `current` and the live file agree."""
+    previous = snapshot.get("previous_snapshot_id")
+    namespace = snapshot["namespace"]
+    live_meta = read_snapshot_meta(live_db_path(settings.data_dir, namespace))
+    if not previous or not live_meta or live_meta.get("snapshot_id") != snapshot["snapshot_id"]:
+        return False
+    if not kept_snapshot_path(settings.data_dir, namespace, previous).exists():
+        return False
+    try:
+        install_kept_snapshot(settings.data_dir, namespace, previous)
+    except (KrytenError, OSError) as exc:
+        context.log.error(f"could not restore previous live snapshot {previous}: {exc}")
+        return False
+    context.log.warning(f"publish failed: live file restored to previous snapshot {previous}")
+    return True
+
+
+def _write_rejects(settings: Settings, namespace: str, run_id: str, rejects: list[Any]) -> Path | None:
+    if not rejects:
+        return None
+    folder = namespace_dir(settings.data_dir, namespace) / "rejects"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = folder / f"{stamp}-{run_id[:8]}.jsonl"
+    write_rejects_file(path, rejects)
+    for old in sorted(folder.glob("*.jsonl"))[:-REJECT_FILES_KEPT]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def _preview(frame: pd.DataFrame, rows: int = 5) -> str:
+    head = frame.head(rows)
+    return markdown_table(
+        ["video_id", "title", "categories", "duration_seconds"],
+        (
+            (r.video_id, r.title, ", ".join(r.categories), "" if pd.isna(r.duration_seconds) else r.duration_seconds)
+            for r in head.itertuples(index=False)
+        ),
+    )
+
+

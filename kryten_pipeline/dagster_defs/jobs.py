@@ -1,0 +1,24 @@
+"""Jobs: the refresh itself, and the drift check alone (for schedules)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from kryten_pipeline.dagster_defs.assets import kv_published, raw_catalog, sqlite_snapshot, validated_items
+from kryten_pipeline.dagster_defs.checks import kv_current_matches_sqlite
+
+REFRESH_JOB_NAME = "refresh_catalog"
+
+refresh_job = dg.define_asset_job(
+    REFRESH_JOB_NAME,
+    selection=dg.AssetSelection.assets(raw_catalog, validated_items, sqlite_snapshot, kv_published),
+    description="Read the catalog source, validate, build and swap the SQLite snapshot, publish it in NATS KV.",
+    tags={"kryten/kind": "refresh"},
+)
+
+drift_check_job = dg.define_asset_job(
+    "check_kv_current_matches_sqlite",
+    selection=dg.AssetSelection.checks(kv_current_matches_sqlite),
+    description="Only compare KV current with the live SQLite file (catches drift behind the pipeline's back).",
+    tags={"kryten/kind": "drift-check"},
+)

@@ -1,0 +1,25 @@
+"""The Dagster code location: ``workspace.yaml`` and ``dagster -m kryten_pipeline.definitions`` load ``defs``."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from kryten_pipeline.dagster_defs.assets import kv_published, raw_catalog, sqlite_snapshot, validated_items
+from kryten_pipeline.dagster_defs.checks import kv_current_matches_sqlite
+from kryten_pipeline.dagster_defs.jobs import drift_check_job, refresh_job
+from kryten_pipeline.dagster_defs.resources import configured_resources
+
+
+def build_definitions() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[raw_catalog, validated_items, sqlite_snapshot, kv_published],
+        asset_checks=[kv_current_matches_sqlite],
+        jobs=[refresh_job, drift_check_job],
+        resources=configured_resources(),
+        # The steps run one after another anyway; one process keeps the namespace refresh lock (held by
+        # the pipeline resource) for the whole run and avoids a process start per step.
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions()

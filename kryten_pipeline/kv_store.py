@@ -1,0 +1,587 @@
+"""The NATS KV record of snapshots (DESIGN §2): ``ns/{ns}/snapshots/{id}`` and ``ns/{ns}/current``.
+
+Publishing writes the snapshot record first (create-only), then moves ``current`` by compare-and-set on
+the revision it read, never to an older snapshot id than the one it finds. Every write's result is
+checked; NATS errors become :class:`PublishError` / :class:`NatsUnavailableError` that say which key
+failed and whether ``current`` changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.errors import (
+    APIError,
+    BucketNotFoundError,
+    InvalidBucketNameError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+    ServiceUnavailableError,
+)
+from nats.js.kv import KeyValue
+
+from kryten_pipeline.embedded_nats import EmbeddedNats
+from kryten_pipeline.errors import (
+    ConfigurationError,
+    NatsUnavailableError,
+    PublishError,
+    StaleSnapshotError,
+)
+from kryten_pipeline.namespaces import validate_namespace
+from kryten_pipeline.settings import Settings
+from kryten_pipeline.snapshot_id import is_snapshot_id
+
+__all__ = [
+    "BUCKET_HISTORY",
+    "SCHEMA_VERSION",
+    "CurrentEntry",
+    "NatsConnectionSettings",
+    "PublishResult",
+    "SnapshotStore",
+    "connect_nats",
+    "current_key",
+    "redact_url",
+    "snapshot_key",
+    "snapshot_store",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+BUCKET_HISTORY = 10
+MAX_CAS_ATTEMPTS = 10
+KEYS_TIMEOUT_SECONDS = 30.0
+
+# Everything nats-py raises for a failed request: its own errors (timeouts, no responders, closed
+# connection, JetStream API errors all derive from nats.errors.Error) plus plain asyncio timeouts.
+_NATS_FAILURES: tuple[type[BaseException], ...] = (nats.errors.Error, TimeoutError, OSError)
+
+
+def snapshot_key(namespace: str, snapshot_id: str) -> str:
+    return f"ns/{validate_namespace(namespace)}/snapshots/{_checked_snapshot_id(snapshot_id)}"
+
+
+def current_key(namespace: str) -> str:
+    return f"ns/{validate_namespace(namespace)}/current"
+
+
+def _snapshots_prefix(namespace: str) -> str:
+    return f"ns/{validate_namespace(namespace)}/snapshots/"
+
+
+def _checked_snapshot_id(snapshot_id: object) -> str:
+    if not is_snapshot_id(snapshot_id):
+        raise ValueError(f"not a snapshot id (expected e.g. 20251218T123456Z-7f3a9c): {snapshot_id!r}")
+    return str(snapshot_id)
+
+
+def encode_value(value: dict[str, Any]) -> bytes:
+    """Canonical UTF-8 JSON, so that a retried publish of the same dict produces identical bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _decode(raw: bytes | None, key: str) -> dict[str, Any]:
+    try:
+        value = json.loads((raw or b"").decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PublishError(f"KV key {key} does not hold UTF-8 JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise PublishError(f"KV key {key} holds JSON that is not an object")
+    return value
+
+
+# -- connection --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NatsConnectionSettings:
+    """What is needed to reach NATS. Secrets are excluded from ``repr`` so they never reach a log."""
+
+    url: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    creds: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> NatsConnectionSettings:
+        return cls(
+            url=settings.nats_url,
+            user=settings.nats_user,
+            password=settings.nats_password,
+            token=settings.nats_token,
+            creds=settings.nats_creds,
+            tls_ca=settings.nats_tls_ca,
+            tls_cert=settings.nats_tls_cert,
+            tls_key=settings.nats_tls_key,
+        )
+
+    def secrets(self, url: str | None = None) -> list[str]:
+        """Strings that must never appear in a message: password, token, and credentials inside the URL."""
+        found = [s for s in (self.password, self.token) if s]
+        for candidate in (url, self.url):
+            if candidate:
+                parts = urlsplit(candidate)
+                # nats://TOKEN@host puts the token where a user name would be; a user name beside a
+                # password is not secret (and scrubbing a short one would mangle the message).
+                found += [s for s in (parts.password if parts.password else parts.username,) if s]
+        return found
+
+
+def redact_url(url: str) -> str:
+    """``url`` without user info (``nats://user:secret@host:4222`` → ``nats://host:4222``)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparseable NATS URL>"
+    if not parts.scheme and not host:
+        # A bare "host:port" parses without a netloc; there is no user info to strip unless '@' is present.
+        return url.rpartition("@")[2]
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _tls_context(conn: NatsConnectionSettings, url: str) -> ssl.SSLContext | None:
+    wants_tls = bool(conn.tls_ca or conn.tls_cert) or url.startswith("tls://")
+    if not wants_tls:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=conn.tls_ca or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"cannot load the NATS CA bundle {conn.tls_ca}: {exc}", setting="NATS_TLS_CA") from exc
+    if conn.tls_cert:
+        try:
+            context.load_cert_chain(conn.tls_cert, conn.tls_key or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"cannot load the NATS client certificate {conn.tls_cert} / key {conn.tls_key}: {exc}",
+                setting="NATS_TLS_CERT",
+            ) from exc
+    return context
+
+
+async def connect_nats(conn: NatsConnectionSettings, url: str, *, timeout: float = 5.0) -> NatsClient:
+    """Connect once (a few quick attempts, no endless retry loop); raise NatsUnavailableError on failure."""
+    if conn.creds and not Path(conn.creds).is_file():
+        raise ConfigurationError(f"NATS credentials file not found: {conn.creds}", setting="NATS_CREDS")
+    tls = _tls_context(conn, url)
+    secrets = conn.secrets(url)
+    shown_url = redact_url(url)
+    errors_seen: list[BaseException] = []
+
+    # nats-py's default callbacks log full tracebacks at ERROR for every failed attempt; we report once.
+    async def on_error(exc: Exception) -> None:
+        errors_seen.append(exc)
+        logger.debug("NATS %s: %s", shown_url, _scrub(str(exc) or type(exc).__name__, secrets))
+
+    async def on_disconnect() -> None:
+        logger.debug("NATS %s: disconnected", shown_url)
+
+    options: dict[str, Any] = {
+        "servers": [url],
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnect,
+        "connect_timeout": timeout,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": 2,  # bounded: a brief blip during a run is survived, a dead server is not
+        "reconnect_time_wait": 0.5,
+        "name": "kryten-pipeline",
+    }
+    if tls is not None:
+        options["tls"] = tls
+    if conn.user:
+        options["user"] = conn.user
+    if conn.password:
+        options["password"] = conn.password
+    if conn.token:
+        options["token"] = conn.token
+    if conn.creds:
+        options["user_credentials"] = conn.creds
+
+    nc = NatsClient()
+    try:
+        # Overall bound on top of the per-attempt connect_timeout.
+        await asyncio.wait_for(nc.connect(**options), timeout=timeout * 2 + 1)
+    except ModuleNotFoundError as exc:  # nats-py imports nkeys lazily for .creds files
+        await _close_quietly(nc)
+        raise ConfigurationError(
+            f"NATS_CREDS needs the `nkeys` package (pip install nkeys): {exc}", setting="NATS_CREDS"
+        ) from None
+    except (*_NATS_FAILURES, ValueError) as exc:
+        await _close_quietly(nc)
+        reason = _connect_failure_reason(exc, errors_seen)
+        raise NatsUnavailableError(
+            f"cannot connect to NATS at {shown_url}: {_scrub(reason, secrets)}", setting="NATS_URL"
+        ) from None  # `from None`: the chained nats-py exception may carry the raw URL
+    return nc
+
+
+def _connect_failure_reason(exc: BaseException, errors_seen: list[BaseException]) -> str:
+    # A rejected login is the actionable cause even if later attempts only saw a reset connection.
+    for seen in (exc, *errors_seen):
+        # nats-py reports a rejected login as a plain Error carrying the server's -ERR text.
+        if isinstance(seen, nats.errors.AuthorizationError) or "authorization violation" in str(seen).lower():
+            return "authorization failed (check NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS)"
+    # NoServersError / a timeout only say "gave up"; the callback saw the actual cause.
+    cause = exc
+    if isinstance(exc, nats.errors.NoServersError | TimeoutError) and errors_seen:
+        cause = errors_seen[-1]
+    if isinstance(cause, TimeoutError):
+        return "timed out"
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
+async def _close_quietly(nc: NatsClient) -> None:
+    with contextlib.suppress(Exception):
+        await nc.close()
+
+
+# -- the store ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """Revisions are JetStream stream sequences; ``already_current``: current named this id before the call."""
+
+    snapshot_key: str
+    snapshot_revision: int
+    current_revision: int
+    previous_snapshot_id: str | None
+    already_current: bool = False
+
+
+@dataclass(frozen=True)
+class CurrentEntry:
+    """The decoded value of ``current`` and its revision (what ``set_current`` expects back)."""
+
+    value: dict[str, Any]
+    revision: int
+
+    @property
+    def snapshot_id(self) -> str | None:
+        sid = self.value.get("snapshot_id")
+        return sid if isinstance(sid, str) else None
+
+
+@dataclass(frozen=True)
+class _CurrentState:
+    """What `current` holds now, and the revision a compare-and-set must name to replace it."""
+
+    value: dict[str, Any] | None
+    cas_revision: int  # 0 = key never existed; else last revision (of a value or a delete marker)
+
+
+class SnapshotStore:
+    """Snapshot records and the ``current`` pointer in one KV bucket (created if absent)."""
+
+    def __init__(self, js: JetStreamContext, bucket: str) -> None:
+        self._js = js
+        self.bucket = bucket
+        self._kv: KeyValue | None = None
+
+    async def ensure_bucket(self) -> KeyValue:
+        """Bind to the bucket, creating it (history 10) if it does not exist."""
+        if self._kv is not None:
+            return self._kv
+        try:
+            try:
+                kv = await self._js.key_value(self.bucket)
+            except BucketNotFoundError:
+                try:
+                    kv = await self._js.create_key_value(bucket=self.bucket, history=BUCKET_HISTORY)
+                    logger.info("created NATS KV bucket %s", self.bucket)
+                except APIError as exc:
+                    # Another process created it first (possibly with another config): use theirs.
+                    logger.debug("creating bucket %s failed (%s); binding to the existing one", self.bucket, exc)
+                    kv = await self._js.key_value(self.bucket)
+        except InvalidBucketNameError:
+            raise ConfigurationError(
+                f"invalid NATS KV bucket name {self.bucket!r} (letters, digits, '_' and '-' only)",
+                setting="KRYTEN_KV_BUCKET",
+            ) from None
+        except (nats.errors.NoRespondersError, ServiceUnavailableError):
+            raise NatsUnavailableError(
+                "NATS answered but JetStream is not enabled there (the JetStream API is unavailable)",
+                setting="NATS_URL",
+            ) from None
+        except _NATS_FAILURES as exc:
+            raise NatsUnavailableError(
+                f"cannot open NATS KV bucket {self.bucket!r}: {_describe(exc)}", setting="NATS_URL"
+            ) from exc
+        self._kv = kv
+        return kv
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    async def read_current(self, namespace: str) -> CurrentEntry | None:
+        """The value ``ns/{namespace}/current`` names now, or None if there is none (never set / deleted)."""
+        key = current_key(namespace)
+        state = await self._read_current_or_fail(key, NatsUnavailableError)
+        if state.value is None:
+            return None
+        return CurrentEntry(value=state.value, revision=state.cas_revision)
+
+    async def get_snapshot(self, namespace: str, snapshot_id: str) -> dict[str, Any] | None:
+        key = snapshot_key(namespace, snapshot_id)
+        kv = await self.ensure_bucket()
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:  # also raised for a deleted/purged key
+            return None
+        except _NATS_FAILURES as exc:
+            raise NatsUnavailableError(f"reading KV key {key} failed: {_describe(exc)}", setting="NATS_URL") from exc
+        return _decode(entry.value, key)
+
+    async def list_snapshots(self, namespace: str) -> list[dict[str, Any]]:
+        """All snapshot records of a namespace, oldest first."""
+        prefix = _snapshots_prefix(namespace)
+        kv = await self.ensure_bucket()
+        try:
+            # `/` is not a subject token separator, so no wildcard selects a namespace: filter here.
+            keys = await asyncio.wait_for(kv.keys(), timeout=KEYS_TIMEOUT_SECONDS)
+        except NoKeysError:
+            return []
+        except _NATS_FAILURES as exc:
+            raise NatsUnavailableError(
+                f"listing keys of bucket {self.bucket} failed: {_describe(exc)}", setting="NATS_URL"
+            ) from exc
+        records: list[dict[str, Any]] = []
+        for key in sorted(k for k in keys if k.startswith(prefix)):
+            snapshot_id = key[len(prefix) :]
+            if not is_snapshot_id(snapshot_id):
+                continue
+            record = await self.get_snapshot(namespace, snapshot_id)
+            if record is not None:  # deleted since keys() ran
+                records.append(record)
+        records.sort(key=lambda r: str(r.get("snapshot_id", "")))
+        return records
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    async def publish_snapshot(self, namespace: str, value: dict[str, Any]) -> PublishResult:
+        """Write ``snapshots/{id}`` (create-only), then move ``current`` to it by compare-and-set.
+
+        Raises StaleSnapshotError if ``current`` already names a newer snapshot (it is left alone), and
+        PublishError if a write fails. Retrying with the same value after a failure is safe.
+        """
+        snapshot_id = _checked_snapshot_id(value.get("snapshot_id"))
+        skey = snapshot_key(namespace, snapshot_id)
+        ckey = current_key(namespace)
+        data = encode_value(value)
+        kv = await self._writable_bucket(skey)
+
+        snapshot_revision = await self._create_snapshot_record(kv, skey, data)
+
+        for _attempt in range(MAX_CAS_ATTEMPTS):
+            state = await self._read_current_or_fail(ckey, PublishError, after=skey)
+            previous_id = state.value.get("snapshot_id") if state.value is not None else None
+            if state.value is not None and not isinstance(previous_id, str):
+                raise PublishError(
+                    f"KV key {ckey} holds no snapshot_id, so it cannot be compared with {snapshot_id}; "
+                    f"current was not changed (set it explicitly, e.g. with a rollback)"
+                )
+            if previous_id is not None and previous_id > snapshot_id:
+                raise StaleSnapshotError(
+                    f"namespace {namespace!r}: current is {previous_id}, newer than {snapshot_id}; current was "
+                    f"not moved back ({skey} is recorded)"
+                )
+            if previous_id == snapshot_id:
+                return PublishResult(skey, snapshot_revision, state.cas_revision, previous_id, already_current=True)
+            try:
+                # cas_revision 0 means "must not exist"; a delete marker's revision lets us replace it.
+                current_revision = await kv.update(ckey, data, last=state.cas_revision)
+            except KeyWrongLastSequenceError:
+                logger.debug("%s changed while publishing %s; re-reading", ckey, snapshot_id)
+                continue
+            except TimeoutError as exc:
+                raise PublishError(
+                    f"moving {ckey} to {snapshot_id} was not confirmed ({_describe(exc)}); {skey} is recorded "
+                    f"but current may or may not have moved: check it before retrying (a retry is safe)"
+                ) from exc
+            except _NATS_FAILURES as exc:
+                raise PublishError(
+                    f"moving {ckey} to {snapshot_id} failed: {_describe(exc)}; {skey} is recorded, "
+                    f"current was not changed"
+                ) from exc
+            return PublishResult(skey, snapshot_revision, current_revision, previous_id)
+        raise PublishError(
+            f"{ckey} kept changing under concurrent writers; gave up after {MAX_CAS_ATTEMPTS} attempts. "
+            f"{skey} is recorded, current was not changed by this publish"
+        )
+
+    async def set_current(self, namespace: str, value: dict[str, Any], *, expected_revision: int | None) -> int:
+        """Point ``current`` at ``value`` if it is still at ``expected_revision`` (None: no current).
+
+        Unlike publish_snapshot this may move to an older snapshot (rollback). The snapshot record must
+        exist. Returns the new revision of ``current``.
+        """
+        snapshot_id = _checked_snapshot_id(value.get("snapshot_id"))
+        skey = snapshot_key(namespace, snapshot_id)
+        ckey = current_key(namespace)
+        if await self.get_snapshot(namespace, snapshot_id) is None:
+            raise PublishError(f"no snapshot record {skey}; current was not changed")
+        kv = await self._writable_bucket(ckey)
+        last = expected_revision
+        if last is None:
+            # "No current" may still leave a delete marker, whose revision the CAS must name.
+            state = await self._read_current_or_fail(ckey, PublishError)
+            if state.value is not None:
+                raise PublishError(
+                    f"{ckey} names {state.value.get('snapshot_id')} (revision {state.cas_revision}), "
+                    f"expected no current; current was not changed"
+                )
+            last = state.cas_revision
+        try:
+            return await kv.update(ckey, encode_value(value), last=last)
+        except KeyWrongLastSequenceError:
+            raise PublishError(
+                f"{ckey} is no longer at revision {expected_revision} (someone else moved it); current was not changed"
+            ) from None
+        except TimeoutError as exc:
+            raise PublishError(
+                f"moving {ckey} to {snapshot_id} was not confirmed ({_describe(exc)}); check current"
+            ) from exc
+        except _NATS_FAILURES as exc:
+            raise PublishError(
+                f"moving {ckey} to {snapshot_id} failed: {_describe(exc)}; current was not changed"
+            ) from exc
+
+    async def delete_snapshot_record(self, namespace: str, snapshot_id: str) -> bool:
+        """Purge ``snapshots/{id}`` (retention). Refuses if ``current`` names it. False if already absent."""
+        skey = snapshot_key(namespace, snapshot_id)
+        current = await self.read_current(namespace)
+        if current is not None and current.snapshot_id == snapshot_id:
+            raise PublishError(f"{skey} is what {current_key(namespace)} names; not deleting the live snapshot")
+        if await self.get_snapshot(namespace, snapshot_id) is None:
+            return False
+        kv = await self._writable_bucket(skey)
+        try:
+            # purge (not delete) drops the old revisions too, which is the point of retention.
+            await kv.purge(skey)
+        except _NATS_FAILURES as exc:
+            raise PublishError(f"deleting {skey} failed: {_describe(exc)}") from exc
+        return True
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    async def _writable_bucket(self, key: str) -> KeyValue:
+        try:
+            return await self.ensure_bucket()
+        except NatsUnavailableError as exc:
+            raise PublishError(f"cannot write {key}: {exc}; current was not changed", setting="NATS_URL") from exc
+
+    async def _create_snapshot_record(self, kv: KeyValue, skey: str, data: bytes) -> int:
+        try:
+            return await kv.create(skey, data)
+        except KeyWrongLastSequenceError:
+            pass  # exists already: fine if it is this very value (a retried publish)
+        except _NATS_FAILURES as exc:
+            raise PublishError(f"writing {skey} failed: {_describe(exc)}; current was not changed") from exc
+        try:
+            existing = await kv.get(skey)
+        except _NATS_FAILURES as exc:
+            raise PublishError(
+                f"{skey} exists but could not be read back: {_describe(exc)}; current was not changed"
+            ) from exc
+        if existing.value != data:
+            raise PublishError(
+                f"{skey} already exists with different content (a snapshot id must be unique); current was not changed"
+            )
+        return existing.revision or 0
+
+    async def _fetch_current(self, key: str) -> _CurrentState:
+        kv = await self.ensure_bucket()
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError as exc:
+            # nats-py turns "deleted" into KeyNotFoundError but keeps the marker entry: its revision is
+            # what a compare-and-set must name to replace it.
+            marker = exc.entry
+            return _CurrentState(value=None, cas_revision=(marker.revision or 0) if marker is not None else 0)
+        return _CurrentState(value=_decode(entry.value, key), cas_revision=entry.revision or 0)
+
+    async def _read_current_or_fail(
+        self, key: str, error: type[PublishError | NatsUnavailableError], *, after: str | None = None
+    ) -> _CurrentState:
+        try:
+            return await self._fetch_current(key)
+        except _NATS_FAILURES as exc:
+            if error is PublishError:
+                done = f"{after} is recorded, " if after else ""
+                raise PublishError(f"reading {key} failed: {_describe(exc)}; {done}current was not changed") from exc
+            raise NatsUnavailableError(f"reading KV key {key} failed: {_describe(exc)}", setting="NATS_URL") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, nats.errors.NoRespondersError):
+        return "no responders (is JetStream enabled on this NATS server?)"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# -- lifecycle ---------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def snapshot_store(settings: Settings) -> AsyncIterator[SnapshotStore]:
+    """A SnapshotStore on ``NATS_URL``, or on this data dir's embedded server when NATS_URL is unset."""
+    embedded: EmbeddedNats | None = None
+    if settings.nats_url:
+        conn = NatsConnectionSettings.from_settings(settings)
+        url = settings.nats_url
+    else:
+        embedded = EmbeddedNats(settings.data_dir)
+        # flock may wait for another process: keep the event loop free meanwhile.
+        url = await asyncio.to_thread(embedded.acquire)
+        conn = NatsConnectionSettings(url=url)  # the loopback server has no auth and no TLS
+    try:
+        nc = await connect_nats(conn, url)
+        try:
+            store = SnapshotStore(nc.jetstream(), settings.kv_bucket)
+            await store.ensure_bucket()
+            yield store
+        finally:
+            await _drain_quietly(nc)
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.release)
+
+
+async def _drain_quietly(nc: NatsClient) -> None:
+    # Every write was already confirmed by a JetStream ack; drain only tidies subscriptions.
+    try:
+        await nc.drain()
+    except Exception as exc:
+        logger.debug("NATS drain failed (%s); closing", type(exc).__name__)
+    if not nc.is_closed:
+        await _close_quietly(nc)
