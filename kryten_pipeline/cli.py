@@ -346,8 +346,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"namespace: {namespace}")
         print(f"kv current: {current.get('snapshot_id') or '-'} ({current.get('item_count', '-')} items, "
               f"revision {report.kv_revision or '-'})")
-        print(f"sqlite: {report.sqlite_snapshot_id or '-'} ({report.sqlite_item_count if report.sqlite_item_count is not None else '-'} items) "
-              f"at {report.sqlite_path}")
+        count = report.sqlite_item_count if report.sqlite_item_count is not None else "-"
+        print(f"sqlite: {report.sqlite_snapshot_id or '-'} ({count} items) at {report.sqlite_path}")
         print(f"consistent: {'yes' if report.consistent else 'NO'}")
         for problem in report.problems:
             print(f"  - {problem}")

@@ -78,7 +78,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("NATS_TLS_CERT", "nats_tls_cert", None, "client certificate for NATS mutual TLS"),
     SettingSpec("NATS_TLS_KEY", "nats_tls_key", None, "client key for NATS mutual TLS"),
     SettingSpec("KRYTEN_KV_BUCKET", "kv_bucket", "kryten_playlist_snapshot", "NATS KV bucket"),
-    SettingSpec("KRYTEN_MAX_REJECT_RATIO", "max_reject_ratio", "0.05", "fail if more than this share of rows is rejected"),
+    SettingSpec("KRYTEN_MAX_REJECT_RATIO", "max_reject_ratio", "0.05",
+                "fail if more than this share of rows is rejected"),
     SettingSpec("KRYTEN_MIN_COUNT_RATIO", "min_count_ratio", "0.5",
                 "fail if the item count falls below this fraction of the live snapshot's"),
     SettingSpec("KRYTEN_KEEP_SNAPSHOTS", "keep_snapshots", "3", "snapshot files kept per namespace for rollback"),
@@ -169,9 +170,7 @@ class Settings:
             source=source,
             export_path=raw["export_path"],
             fake_items=_as_int(raw["fake_items"], "fake_items", minimum=0),
-            fake_fail_after=(
-                None if raw["fake_fail_after"] is None else _as_int(raw["fake_fail_after"], "fake_fail_after", minimum=0)
-            ),
+            fake_fail_after=_optional_int(raw["fake_fail_after"], "fake_fail_after"),
             mediacms_url=raw["mediacms_url"],
             mediacms_token=raw["mediacms_token"],
             mediacms_username=raw["mediacms_username"],
@@ -231,6 +230,10 @@ def _as_int(value: str | None, name: str, *, minimum: int) -> int:
     if number < minimum:
         raise ConfigurationError(f"must be at least {minimum}, got {number}", setting=SPEC_BY_FIELD[name].env)
     return number
+
+
+def _optional_int(value: str | None, name: str) -> int | None:
+    return None if value is None else _as_int(value, name, minimum=0)
 
 
 def _as_ratio(value: str | None, name: str) -> float:

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import re
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 SNAPSHOT_ID_PATTERN = r"^\d{8}T\d{6}Z-[0-9a-f]{6}$"
 _SNAPSHOT_ID_RE = re.compile(SNAPSHOT_ID_PATTERN)
 
 
-def new_snapshot_id(now: datetime | None = None) -> str:
-    moment = (now or datetime.now(UTC)).astimezone(UTC)
-    return f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+def new_snapshot_id(now: datetime | None = None, *, after: str | None = None) -> str:
+    """A new id; with ``after``, one that sorts strictly after it (two builds in one second, or a clock
+    that stepped back, must still move forward: "newer" is decided by comparing ids)."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    candidate = f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    if after is None or not is_snapshot_id(after) or candidate > after:
+        return candidate
+    base = snapshot_time(after)
+    suffix = int(after[-6:], 16)
+    if suffix < 0xFFFFFF:
+        return f"{base:%Y%m%dT%H%M%SZ}-{secrets.randbelow(0xFFFFFF - suffix) + suffix + 1:06x}"
+    return f"{base + timedelta(seconds=1):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 def is_snapshot_id(value: object) -> bool:

@@ -135,7 +135,9 @@ class ExportFileConnector:
                 setting="KRYTEN_EXPORT_PATH",
             ) from None
         except UnicodeDecodeError as exc:
-            raise SourceError(f"export file {self.path.name!r} is not UTF-8: {exc}", setting="KRYTEN_EXPORT_PATH")
+            raise SourceError(
+                f"export file {self.path.name!r} is not UTF-8: {exc}", setting="KRYTEN_EXPORT_PATH"
+            ) from None
         if isinstance(document, dict):
             for key in ("items", "results"):
                 if isinstance(document.get(key), list):

@@ -28,6 +28,7 @@ from kryten_pipeline.kv_store import current_key, snapshot_key, snapshot_store
 from kryten_pipeline.manifest import manifest_base_from
 from kryten_pipeline.settings import Settings
 from kryten_pipeline.snapshot_db import (
+    build_snapshot_db,
     install_kept_snapshot,
     install_snapshot,
     kept_snapshot_path,
@@ -35,7 +36,6 @@ from kryten_pipeline.snapshot_db import (
     namespace_dir,
     read_snapshot_meta,
     rows_from_frame,
-    build_snapshot_db,
 )
 from kryten_pipeline.snapshot_id import iso_utc, new_snapshot_id
 from kryten_pipeline.validation import VALIDATED_SCHEMA, check_thresholds, validate_items, write_rejects_file
@@ -200,7 +200,8 @@ def sqlite_snapshot(
     namespace = context.partition_key
     settings = kryten_settings(pipeline)
     now = datetime.now(UTC)
-    snapshot_id = new_snapshot_id(now)
+    live_meta = read_snapshot_meta(live_db_path(settings.data_dir, namespace))
+    snapshot_id = new_snapshot_id(now, after=live_meta.get("snapshot_id") if live_meta else None)
     source = str(validated_items.attrs.get("source", "unknown"))
     rejected = int(validated_items.attrs.get("rejected_count", 0))
     try:
@@ -211,7 +212,11 @@ def sqlite_snapshot(
             snapshot_id=snapshot_id,
             created_at=iso_utc(now),
             source=source,
-            extra_meta={"rejected_count": rejected, "run_id": context.run_id, "generator": f"kryten-pipeline {__version__}"},
+            extra_meta={
+                "rejected_count": rejected,
+                "run_id": context.run_id,
+                "generator": f"kryten-pipeline {__version__}",
+            },
         )
     except SnapshotBuildError as exc:
         yield dg.AssetCheckResult(check_name="sqlite_integrity", passed=False, description=str(exc))

@@ -6,6 +6,7 @@ import dagster as dg
 
 from kryten_pipeline.dagster_defs.assets import kv_published, raw_catalog, sqlite_snapshot, validated_items
 from kryten_pipeline.dagster_defs.checks import kv_current_matches_sqlite
+from kryten_pipeline.dagster_defs.partitions import namespace_partitions
 
 REFRESH_JOB_NAME = "refresh_catalog"
 
@@ -19,6 +20,8 @@ refresh_job = dg.define_asset_job(
 drift_check_job = dg.define_asset_job(
     "check_kv_current_matches_sqlite",
     selection=dg.AssetSelection.checks(kv_current_matches_sqlite),
+    # A checks-only selection has no asset to infer the partitioning from.
+    partitions_def=namespace_partitions,
     description="Only compare KV current with the live SQLite file (catches drift behind the pipeline's back).",
     tags={"kryten/kind": "drift-check"},
 )

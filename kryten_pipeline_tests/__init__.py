@@ -1,0 +1,1 @@
+"""Tests for kryten-pipeline (real nats-server, redis-server, PostgreSQL and HTTP servers on loopback)."""

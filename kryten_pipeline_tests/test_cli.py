@@ -1,0 +1,93 @@
+"""The CLI end to end in a temp dir: embedded nats-server, shipped sample, real Dagster instance."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kryten_pipeline.snapshot_db import live_db_path
+
+SNAPSHOT_LINE = re.compile(r"^snapshot_id: (\d{8}T\d{6}Z-[0-9a-f]{6})$", re.M)
+
+
+def cli(workdir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("KRYTEN_", "NATS_", "MEDIACMS_"))}
+    environ.pop("DAGSTER_HOME", None)
+    environ.update({"KRYTEN_DATA_DIR": str(workdir / "data"), **env})
+    return subprocess.run(
+        [sys.executable, "-m", "kryten_pipeline.cli", *args],
+        cwd=workdir, env=environ, capture_output=True, text=True, timeout=240,
+    )
+
+
+def status(workdir: Path, **env: str) -> dict:
+    result = cli(workdir, "status", "--json", **env)
+    return json.loads(result.stdout)
+
+
+@pytest.mark.slow
+def test_refresh_status_snapshots_rollback(tmp_path: Path) -> None:
+    first = cli(tmp_path, "refresh")
+    assert first.returncode == 0, first.stderr
+    first_id = SNAPSHOT_LINE.search(first.stdout).group(1)
+    assert "items: 308 valid of 314 read, 6 rejected" in first.stdout
+    assert "▶ raw_catalog" in first.stderr and "check kv_current_matches_sqlite: passed" in first.stderr
+    report = status(tmp_path)
+    assert report["consistent"] is True
+    assert report["kv"]["current"]["snapshot_id"] == first_id == report["sqlite"]["snapshot_id"]
+    # The embedded server is stopped when the last command using it ends.
+    assert not (tmp_path / "data" / ".nats" / "server.json").exists()
+
+    second = cli(tmp_path, "refresh", "--source", "fake", "--json")
+    assert second.returncode == 0, second.stderr
+    summary = json.loads(second.stdout)
+    assert summary["success"] and summary["counts"]["valid"] == 250 and summary["snapshot_id"] > first_id
+
+    listing = json.loads(cli(tmp_path, "snapshots", "--json").stdout)["snapshots"]
+    assert [row["snapshot_id"] for row in listing] == [summary["snapshot_id"], first_id]
+    assert listing[0]["current"] and listing[0]["live"] and listing[1]["kept_file"]
+
+    rolled = cli(tmp_path, "rollback", "--to", first_id)
+    assert rolled.returncode == 0, rolled.stderr
+    after = status(tmp_path)
+    assert after["consistent"] is True and after["kv"]["current"]["snapshot_id"] == first_id
+    assert after["sqlite"]["item_count"] == 308
+    # The CLI's runs are in the Dagster instance the UI would show.
+    assert (tmp_path / "data" / ".dagster_home" / ".dagster" / "history" / "runs.db").exists()
+
+
+@pytest.mark.slow
+def test_broken_export_fails_cleanly_and_changes_nothing(tmp_path: Path) -> None:
+    assert cli(tmp_path, "refresh").returncode == 0
+    live = live_db_path(tmp_path / "data", "default")
+    before_bytes = live.read_bytes()
+    before = status(tmp_path)["kv"]
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"video_id": "a1", "title": "One"}, {"video_id": "b2", "ti', encoding="utf-8")
+    result = cli(tmp_path, "refresh", KRYTEN_EXPORT_PATH=str(broken))
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "not valid JSON" in last and "KRYTEN_EXPORT_PATH" in last
+    assert live.read_bytes() == before_bytes
+    assert status(tmp_path)["kv"] == before
+
+
+def test_configuration_errors_name_the_setting(tmp_path: Path) -> None:
+    bad_source = cli(tmp_path, "refresh", KRYTEN_SOURCE="ftp")
+    assert bad_source.returncode == 2 and "KRYTEN_SOURCE" in bad_source.stderr
+    unknown_ns = cli(tmp_path, "status", "--namespace", "other")
+    assert unknown_ns.returncode == 2 and "KRYTEN_NAMESPACES" in unknown_ns.stderr
+    bad_nats = cli(tmp_path, "status", NATS_URL="nats://kryten:hunter2@127.0.0.1:1")
+    assert bad_nats.returncode == 1 and "NATS_URL" in bad_nats.stderr and "hunter2" not in bad_nats.stderr
+
+
+def test_status_before_any_refresh_is_inconsistent_not_a_crash(tmp_path: Path) -> None:
+    result = cli(tmp_path, "status", "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["consistent"] is False

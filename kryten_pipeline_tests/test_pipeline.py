@@ -1,0 +1,147 @@
+"""The refresh through Dagster, end to end, with a real nats-server and real SQLite files (seed 000 AC-001..3)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from kryten_pipeline.embedded_nats import RunningNatsServer
+from kryten_pipeline.kv_store import current_key, snapshot_store
+from kryten_pipeline.snapshot_db import live_db_path, read_snapshot_meta
+from kryten_pipeline_tests.pipeline_helpers import (
+    PipelineEnv,
+    check_results,
+    executed_steps,
+    failure_descriptions,
+)
+
+
+@pytest.fixture
+def env(tmp_path: Path, nats_server: RunningNatsServer) -> PipelineEnv:
+    return PipelineEnv(tmp_path / "data", nats_server.url)
+
+
+def live_ids(env: PipelineEnv) -> list[str]:
+    conn = sqlite3.connect(live_db_path(env.data_dir, "default"))
+    try:
+        return [row[0] for row in conn.execute("SELECT video_id FROM catalog_item ORDER BY video_id")]
+    finally:
+        conn.close()
+
+
+def test_definitions_load_and_validate() -> None:
+    from kryten_pipeline.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    job = defs.resolve_job_def("refresh_catalog")
+    assert {node.name for node in job.graph.node_defs} >= {"raw_catalog", "validated_items", "sqlite_snapshot",
+                                                           "kv_published"}
+    assert defs.resolve_job_def("check_kv_current_matches_sqlite") is not None
+
+
+def test_ac001_ac002_refresh_publishes_a_consistent_snapshot(env: PipelineEnv) -> None:
+    result = env.refresh()
+    assert result.success
+    assert check_results(result) == {
+        "schema_and_reject_ratio": True, "sqlite_integrity": True, "kv_current_matches_sqlite": True,
+    }
+    # AC-001: SQLite holds the new snapshot's items (the fake source's 40).
+    assert len(live_ids(env)) == 40
+    meta = read_snapshot_meta(live_db_path(env.data_dir, "default"))
+    # AC-002: KV current matches the SQLite snapshot id.
+    current = env.current()
+    assert current is not None and current.value["snapshot_id"] == meta["snapshot_id"]
+    value = current.value
+    assert {"snapshot_id", "source", "created_at", "item_count", "notes", "schema_version"} <= set(value)
+    assert value["schema_version"] == 1 and value["item_count"] == 40 and value["namespace"] == "default"
+    assert value["sqlite_sha256"] and value["run_id"] == result.run_id
+    # snapshots/{id} is recorded too, with the same value.
+    records = env.snapshot_records()
+    assert [r["snapshot_id"] for r in records] == [meta["snapshot_id"]]
+    materialization = result.asset_materializations_for_node("sqlite_snapshot")[0]
+    assert materialization.metadata["snapshot_id"].value == meta["snapshot_id"]
+    assert materialization.metadata["dagster/row_count"].value == 40
+
+
+def test_second_refresh_moves_current_forward(env: PipelineEnv) -> None:
+    first = env.refresh()
+    second = env.refresh(fake_items="45")
+    assert first.success and second.success
+    assert len(live_ids(env)) == 45
+    records = env.snapshot_records()
+    assert len(records) == 2 and records[0]["snapshot_id"] < records[1]["snapshot_id"]
+    assert env.current().value["snapshot_id"] == records[1]["snapshot_id"]
+
+
+def test_ac003_source_failure_leaves_current_and_sqlite_unchanged(env: PipelineEnv) -> None:
+    assert env.refresh().success
+    live = live_db_path(env.data_dir, "default")
+    before_bytes = live.read_bytes()
+    before_current = env.current()
+    result = env.refresh(fake_items="60", fake_fail_after="30")
+    assert not result.success
+    assert any("stopped after 30" in d and "KRYTEN_FAKE_FAIL_AFTER" in d for d in failure_descriptions(result))
+    assert live.read_bytes() == before_bytes
+    after = env.current()
+    assert after.revision == before_current.revision and after.value == before_current.value
+
+
+def test_blocking_reject_check_stops_the_publish(env: PipelineEnv, tmp_path: Path) -> None:
+    assert env.refresh().success
+    before_current = env.current()
+    before_bytes = live_db_path(env.data_dir, "default").read_bytes()
+    bad = tmp_path / "bad.jsonl"
+    lines = [json.dumps({"video_id": f"ok{i}", "title": f"t{i}"}) for i in range(40)]
+    lines += [json.dumps({"video_id": f"bad id {i}", "title": "x"}) for i in range(10)]
+    bad.write_text("\n".join(lines), encoding="utf-8")
+    result = env.refresh(source="export", export_path=str(bad))
+    assert not result.success
+    assert check_results(result)["schema_and_reject_ratio"] is False
+    assert "sqlite_snapshot" not in executed_steps(result) and "kv_published" not in executed_steps(result)
+    assert env.current().revision == before_current.revision
+    assert live_db_path(env.data_dir, "default").read_bytes() == before_bytes
+
+
+def test_collapsed_count_is_not_published(env: PipelineEnv) -> None:
+    assert env.refresh(fake_items="100").success
+    before = env.current()
+    result = env.refresh(fake_items="30")  # a source that quietly lost 70 % of its items
+    assert not result.success
+    assert check_results(result)["schema_and_reject_ratio"] is False
+    assert env.current().revision == before.revision
+    assert len(live_ids(env)) == 100
+
+
+def test_publish_failure_restores_the_previous_live_file(env: PipelineEnv, tmp_path: Path) -> None:
+    assert env.refresh().success
+    before_current = env.current()
+    previous_id = before_current.value["snapshot_id"]
+    env.nats_url = "nats://127.0.0.1:1"  # NATS unreachable only for the publish step
+    result = env.refresh(fake_items="42")
+    assert not result.success
+    assert any("cannot connect to NATS" in d and "NATS_URL" in d for d in failure_descriptions(result))
+    assert read_snapshot_meta(live_db_path(env.data_dir, "default"))["snapshot_id"] == previous_id
+
+
+def test_drift_check_fails_when_current_is_changed_behind_its_back(env: PipelineEnv) -> None:
+    assert env.refresh().success
+    assert check_results(env.drift_check()) == {"kv_current_matches_sqlite": True}
+
+    async def tamper() -> None:
+        async with snapshot_store(env.settings) as store:
+            kv = await store.ensure_bucket()
+            entry = await kv.get(current_key("default"))
+            value = json.loads(entry.value)
+            value["item_count"] = 1
+            await kv.put(current_key("default"), json.dumps(value).encode())
+
+    asyncio.run(tamper())
+    drift = env.drift_check()
+    assert check_results(drift) == {"kv_current_matches_sqlite": False}
+    evaluation = next(e for e in drift.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION")
+    assert "item_count" in evaluation.event_specific_data.description

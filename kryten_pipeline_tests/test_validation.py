@@ -1,0 +1,126 @@
+"""Validation: every rule gives a reason; thresholds guard against publishing a broken catalog."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kryten_pipeline.catalog_item import CatalogItem, SourceReject
+from kryten_pipeline.validation import VALIDATED_SCHEMA, check_thresholds, validate_items, write_rejects_file
+
+BASE = "https://media.example.org"
+
+
+def good(i: int, **overrides: object) -> CatalogItem:
+    values: dict[str, object] = {
+        "video_id": f"vid{i:05d}", "title": f"Title {i}", "categories": ["Music"], "duration_seconds": 60,
+        "thumbnail_url": None,
+    }
+    values.update(overrides)
+    return CatalogItem(**values)  # type: ignore[arg-type]
+
+
+def reasons_for(item: CatalogItem) -> list[str]:
+    result = validate_items([good(0), item], manifest_base=BASE)
+    assert result.rejected_count == 1, result.rejects
+    return result.rejects[0].reasons
+
+
+def test_valid_items_pass_with_trimmed_titles_and_derived_manifests() -> None:
+    result = validate_items(
+        [
+            good(1, title="  Spaced  ", categories=["A", " B ", "A", ""]),
+            good(2, categories=None, duration_seconds=None),
+        ],
+        manifest_base=BASE,
+    )
+    assert result.rejected_count == 0 and result.total == 2
+    frame = result.frame
+    assert list(frame.columns) == ["video_id", "title", "categories", "duration_seconds", "thumbnail_url",
+                                   "manifest_url"]
+    assert frame.loc[0, "title"] == "Spaced"
+    assert frame.loc[0, "categories"] == ["A", "B"]
+    assert frame.loc[1, "categories"] == []
+    assert pd.isna(frame.loc[1, "duration_seconds"])
+    assert frame.loc[0, "manifest_url"] == f"{BASE}/api/v1/media/cytube/vid00001.json?format=json"
+    VALIDATED_SCHEMA.validate(frame)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"video_id": None}, "video_id is missing"),
+        ({"video_id": 42}, "video_id must be a string"),
+        ({"video_id": "../etc/passwd"}, "video_id does not match"),
+        ({"video_id": "x" * 65}, "video_id does not match"),
+        ({"title": None}, "title is missing"),
+        ({"title": "   "}, "title is empty after trimming"),
+        ({"title": 5}, "title must be a string"),
+        ({"title": "bad\x00title"}, "title contains control characters"),
+        ({"title": "x" * 1001}, "title longer than 1000"),
+        ({"duration_seconds": -1}, "duration_seconds is negative"),
+        ({"duration_seconds": "abc"}, "duration_seconds must be an integer"),
+        ({"duration_seconds": 1.5}, "duration_seconds must be whole seconds"),
+        ({"duration_seconds": float("nan")}, "duration_seconds must be whole seconds"),
+        ({"duration_seconds": True}, "duration_seconds must be an integer"),
+        ({"categories": "Music"}, "categories must be a list of strings"),
+        ({"categories": ["ok", 3]}, "categories must be a list of strings"),
+        ({"thumbnail_url": "/media/thumb.jpg"}, "thumbnail_url is not an absolute http(s) URL"),
+        ({"thumbnail_url": 7}, "thumbnail_url must be a string or null"),
+    ],
+)
+def test_each_rule_rejects_with_a_reason(overrides: dict[str, object], expected: str) -> None:
+    reasons = reasons_for(good(1, **overrides))
+    assert any(r.startswith(expected) for r in reasons), reasons
+
+
+def test_duplicates_keep_the_first_occurrence() -> None:
+    result = validate_items([good(1, title="first"), good(2), good(1, title="second")], manifest_base=BASE)
+    assert list(result.frame["video_id"]) == ["vid00001", "vid00002"]
+    assert result.frame.loc[0, "title"] == "first"
+    assert result.rejects[0].row == 3
+    assert result.rejects[0].reasons[0].startswith("duplicate video_id")
+
+
+def test_integral_float_and_digit_string_durations_are_accepted() -> None:
+    result = validate_items([good(1, duration_seconds=12.0), good(2, duration_seconds="34")], manifest_base=BASE)
+    assert list(result.frame["duration_seconds"]) == [12, 34]
+
+
+def test_source_rejects_are_counted_and_reasons_grouped() -> None:
+    result = validate_items(
+        [good(1), good(2, video_id="a b"), good(3, video_id="c d")],
+        manifest_base=BASE,
+        source_rejects=[SourceReject("{", "line 9: invalid JSON: Expecting value")],
+    )
+    assert result.total == 4 and result.rejected_count == 3
+    top = dict(result.top_reasons())
+    assert top["video_id does not match [A-Za-z0-9_-]{1,64}"] == 2
+    assert top["invalid JSON"] == 1
+
+
+def test_thresholds() -> None:
+    items = [good(i) for i in range(95)] + [good(100 + i, video_id=None) for i in range(5)]
+    result = validate_items(items, manifest_base=BASE)
+    ok = check_thresholds(result, live_item_count=None, max_reject_ratio=0.05, min_count_ratio=0.5)
+    assert ok.passed and result.reject_ratio == pytest.approx(0.05)
+    too_strict = check_thresholds(result, live_item_count=None, max_reject_ratio=0.04, min_count_ratio=0.5)
+    assert not too_strict.passed and "KRYTEN_MAX_REJECT_RATIO" in too_strict.problems[0]
+    collapsed = check_thresholds(result, live_item_count=200, max_reject_ratio=0.05, min_count_ratio=0.5)
+    assert not collapsed.passed and "KRYTEN_MIN_COUNT_RATIO" in collapsed.problems[0]
+    assert check_thresholds(result, live_item_count=190, max_reject_ratio=0.05, min_count_ratio=0.5).passed
+    empty = validate_items([], manifest_base=BASE)
+    assert not check_thresholds(empty, live_item_count=None, max_reject_ratio=0.05, min_count_ratio=0.5).passed
+
+
+def test_rejects_file_has_one_json_line_per_reject(tmp_path: Path) -> None:
+    result = validate_items([good(1), good(2, title=""), good(3, video_id="bad id")], manifest_base=BASE)
+    path = tmp_path / "rejects" / "run.jsonl"
+    assert write_rejects_file(path, result.rejects) == 2
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert [line["row"] for line in lines] == [2, 3]
+    assert all(line["reasons"] for line in lines)
+    assert lines[1]["record"]["video_id"] == "bad id"
