@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kryten_pipeline.errors import ConfigurationError, KrytenError
+from kryten_pipeline.namespaces import validate_namespace
 from kryten_pipeline.settings import SOURCES, SPEC_BY_FIELD, Settings, load_dotenv_file
 
 EXIT_OK = 0
@@ -72,18 +73,28 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--namespace", "-n")
     rollback.add_argument("--json", action="store_true")
     rollback.set_defaults(handler=cmd_rollback)
+
+    namespaces = sub.add_parser("namespaces", help="list or add namespaces (Dagster partitions)")
+    namespaces.add_argument("action", choices=("list", "add"), nargs="?", default="list")
+    namespaces.add_argument("names", nargs="*", metavar="NS")
+    namespaces.set_defaults(handler=cmd_namespaces)
     return parser
 
 
 def _settings_and_namespace(namespace: str | None) -> tuple[Settings, str]:
+    """Settings plus the namespace to act on (default: the first configured one)."""
     settings = Settings.from_env()
-    chosen = namespace or settings.namespaces[0]
-    if chosen not in settings.namespaces:
-        raise ConfigurationError(
-            f"namespace {chosen!r} is not configured (configured: {', '.join(settings.namespaces)})",
-            setting="KRYTEN_NAMESPACES",
-        )
-    return settings, chosen
+    return settings, validate_namespace(namespace) if namespace else settings.namespaces[0]
+
+
+def _open_project_instance(settings: Settings) -> Any:
+    """The Dagster instance the UI shows; the working directory becomes its home (see dagster.yaml)."""
+    from kryten_pipeline.dagster_defs.instance import open_instance, resolve_dagster_home
+
+    _absolutise_paths()
+    home = resolve_dagster_home(settings.data_dir.resolve())
+    os.chdir(home)
+    return open_instance(home)
 
 
 def _absolutise_paths() -> None:
@@ -102,14 +113,17 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     if args.source:
         os.environ[SPEC_BY_FIELD["source"].env] = args.source
     settings, namespace = _settings_and_namespace(args.namespace)
-    _absolutise_paths()
-    settings = Settings.from_env()
+    instance = _open_project_instance(settings)
 
-    from kryten_pipeline.dagster_defs.instance import open_instance, resolve_dagster_home
+    from kryten_pipeline.dagster_defs.partitions import register_namespaces, registered_namespaces
 
-    home = resolve_dagster_home(settings.data_dir)
-    os.chdir(home)
-    instance = open_instance(home)
+    register_namespaces(instance, settings.namespaces)
+    if namespace not in registered_namespaces(instance):
+        raise ConfigurationError(
+            f"namespace {namespace!r} is neither configured ({', '.join(settings.namespaces)}) nor registered; "
+            f"add it with `kryten-pipeline namespaces add {namespace}`",
+            setting="KRYTEN_NAMESPACES",
+        )
 
     from dagster._core.utils import make_new_run_id
 
@@ -410,6 +424,24 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     else:
         print(f"namespace {namespace}: current is now {outcome['snapshot_id']} "
               f"(was {outcome['previous_current'] or 'none'}, revision {outcome['current_revision']})")
+    return EXIT_OK
+
+
+def cmd_namespaces(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    instance = _open_project_instance(settings)
+    from kryten_pipeline.dagster_defs.partitions import register_namespaces, registered_namespaces
+
+    if args.action == "add":
+        if not args.names:
+            raise ConfigurationError("name at least one namespace: `kryten-pipeline namespaces add NS`")
+        added = register_namespaces(instance, args.names)
+        print(f"added: {', '.join(added)}" if added else "already registered")
+        return EXIT_OK
+    register_namespaces(instance, settings.namespaces)
+    configured = set(settings.namespaces)
+    for name in registered_namespaces(instance):
+        print(f"{name}{'' if name in configured else '  (registered, not in KRYTEN_NAMESPACES)'}")
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ from kryten_pipeline.dagster_defs.assets import kv_published, raw_catalog, sqlit
 from kryten_pipeline.dagster_defs.checks import kv_current_matches_sqlite
 from kryten_pipeline.dagster_defs.jobs import drift_check_job, refresh_job
 from kryten_pipeline.dagster_defs.resources import configured_resources
+from kryten_pipeline.dagster_defs.sensors import namespace_registry
 
 
 def build_definitions() -> dg.Definitions:
@@ -15,6 +16,7 @@ def build_definitions() -> dg.Definitions:
         assets=[raw_catalog, validated_items, sqlite_snapshot, kv_published],
         asset_checks=[kv_current_matches_sqlite],
         jobs=[refresh_job, drift_check_job],
+        sensors=[namespace_registry],
         resources=configured_resources(),
         # The steps run one after another anyway; one process keeps the namespace refresh lock (held by
         # the pipeline resource) for the whole run and avoids a process start per step.

@@ -11,6 +11,7 @@ import dagster as dg
 
 from kryten_pipeline.dagster_defs.assets import kv_published, raw_catalog, sqlite_snapshot, validated_items
 from kryten_pipeline.dagster_defs.checks import kv_current_matches_sqlite
+from kryten_pipeline.dagster_defs.partitions import register_namespaces
 from kryten_pipeline.dagster_defs.jobs import REFRESH_JOB_NAME, drift_check_job, refresh_job
 from kryten_pipeline.dagster_defs.resources import CatalogSourceResource, NatsResource, PipelineResource
 from kryten_pipeline.kv_store import CurrentEntry, snapshot_store
@@ -29,6 +30,7 @@ class PipelineEnv:
         self.pipeline_fields: dict[str, Any] = {"data_dir": str(data_dir)}
         self.source_fields: dict[str, Any] = {"source": "fake", "fake_items": "40", **source}
         self.instance = dg.DagsterInstance.ephemeral()
+        register_namespaces(self.instance, ["default"])
 
     @property
     def settings(self) -> Settings:

@@ -81,8 +81,10 @@ def test_broken_export_fails_cleanly_and_changes_nothing(tmp_path: Path) -> None
 def test_configuration_errors_name_the_setting(tmp_path: Path) -> None:
     bad_source = cli(tmp_path, "refresh", KRYTEN_SOURCE="ftp")
     assert bad_source.returncode == 2 and "KRYTEN_SOURCE" in bad_source.stderr
-    unknown_ns = cli(tmp_path, "status", "--namespace", "other")
-    assert unknown_ns.returncode == 2 and "KRYTEN_NAMESPACES" in unknown_ns.stderr
+    unknown_ns = cli(tmp_path, "refresh", "--namespace", "other")
+    assert unknown_ns.returncode == 2 and "namespaces add other" in unknown_ns.stderr
+    bad_name = cli(tmp_path, "status", "--namespace", "../etc")
+    assert bad_name.returncode == 2 and "KRYTEN_NAMESPACES" in bad_name.stderr
     bad_nats = cli(tmp_path, "status", NATS_URL="nats://kryten:hunter2@127.0.0.1:1")
     assert bad_nats.returncode == 1 and "NATS_URL" in bad_nats.stderr and "hunter2" not in bad_nats.stderr
 
@@ -91,3 +93,15 @@ def test_status_before_any_refresh_is_inconsistent_not_a_crash(tmp_path: Path) -
     result = cli(tmp_path, "status", "--json")
     assert result.returncode == 1
     assert json.loads(result.stdout)["consistent"] is False
+
+
+@pytest.mark.slow
+def test_namespaces_are_independent_and_can_be_added_without_code_change(tmp_path: Path) -> None:
+    assert cli(tmp_path, "namespaces", "add", "staging").returncode == 0
+    listed = cli(tmp_path, "namespaces", KRYTEN_NAMESPACES="default,music").stdout.split("\n")
+    assert "default" in listed and "music" in listed and any(line.startswith("staging  (registered") for line in listed)
+    assert cli(tmp_path, "refresh", "--namespace", "staging", "--source", "fake", "--quiet").returncode == 0
+    assert cli(tmp_path, "refresh", "--quiet").returncode == 0
+    staging = json.loads(cli(tmp_path, "status", "--json", "--namespace", "staging").stdout)
+    assert staging["consistent"] and staging["sqlite"]["item_count"] == 250
+    assert status(tmp_path)["sqlite"]["item_count"] == 308
