@@ -9,11 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
-import threading
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -115,192 +112,19 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     settings, namespace = _settings_and_namespace(args.namespace)
     instance = _open_project_instance(settings)
 
-    from kryten_pipeline.dagster_defs.partitions import register_namespaces, registered_namespaces
+    from kryten_pipeline.dagster_defs.refresh_runs import ensure_namespace_registered, execute_refresh
 
-    register_namespaces(instance, settings.namespaces)
-    if namespace not in registered_namespaces(instance):
-        raise ConfigurationError(
-            f"namespace {namespace!r} is neither configured ({', '.join(settings.namespaces)}) nor registered; "
-            f"add it with `kryten-pipeline namespaces add {namespace}`",
-            setting="KRYTEN_NAMESPACES",
-        )
-
-    from dagster._core.utils import make_new_run_id
-
-    from kryten_pipeline.dagster_defs.jobs import REFRESH_JOB_NAME
-    from kryten_pipeline.definitions import defs
-
-    job = defs.resolve_job_def(REFRESH_JOB_NAME)
-    run_id = make_new_run_id()
-    progress = _RunProgress(instance, run_id, enabled=not args.quiet)
-    started = time.perf_counter()
-    progress.start()
-    try:
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key=namespace,
-            run_id=run_id,
-            raise_on_error=False,
-            tags={"kryten/trigger": "cli"},
-            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
-        )
-    finally:
-        progress.stop()
-    summary = summarize_run(instance, run_id, namespace)
-    summary["wall_time_s"] = round(time.perf_counter() - started, 3)
-    summary["success"] = bool(result.success)
+    ensure_namespace_registered(instance, settings, namespace)
+    sink = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    summary = execute_refresh(instance, namespace, tags={"kryten/trigger": "cli"}, progress=sink)
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
         _print_refresh_summary(summary)
-    if not result.success:
+    if not summary["success"]:
         print(f"error: {summary['error'] or 'refresh failed'}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
-
-
-class _RunProgress:
-    """Prints step progress from the run's event log while the run executes in this process."""
-
-    def __init__(self, instance: Any, run_id: str, *, enabled: bool) -> None:
-        self.instance = instance
-        self.run_id = run_id
-        self.enabled = enabled
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._seen = 0
-        self._step_started: dict[str, float] = {}
-
-    def start(self) -> None:
-        if self.enabled:
-            self._thread.start()
-
-    def stop(self) -> None:
-        if self.enabled:
-            self._stop.set()
-            self._thread.join(timeout=5)
-            self._drain()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.2):
-            self._drain()
-
-    def _drain(self) -> None:
-        try:
-            records = self.instance.all_logs(self.run_id)
-        except Exception:  # the run may not be stored yet
-            return
-        for record in records[self._seen:]:
-            line = self._describe(record)
-            if line:
-                print(line, file=sys.stderr, flush=True)
-        self._seen = len(records)
-
-    def _describe(self, record: Any) -> str | None:
-        event = record.dagster_event
-        if event is None:
-            message = record.user_message or ""
-            if record.level < logging.INFO or not record.step_key or not message:
-                return None  # IO-manager chatter is DEBUG; the steps' own messages are INFO and up
-            return f"    {record.step_key}: {message}"
-        kind = event.event_type_value
-        step = event.step_key or ""
-        if kind == "STEP_START":
-            self._step_started[step] = record.timestamp
-            return f"  ▶ {step}"
-        if kind == "STEP_SUCCESS":
-            took = record.timestamp - self._step_started.get(step, record.timestamp)
-            return f"  ✔ {step} ({took:.2f} s)"
-        if kind == "STEP_FAILURE":
-            return f"  ✘ {step} failed"
-        if kind == "STEP_SKIPPED":
-            return f"  ↷ {step} skipped (an upstream step or blocking check failed)"
-        if kind == "ASSET_CHECK_EVALUATION":
-            evaluation = event.event_specific_data
-            state = "passed" if evaluation.passed else "FAILED"
-            return f"    check {evaluation.check_name}: {state}"
-        return None
-
-
-def summarize_run(instance: Any, run_id: str, namespace: str) -> dict[str, Any]:
-    """What the run did, read back from its event log (the same facts the UI shows)."""
-    from dagster import DagsterEventType
-
-    summary: dict[str, Any] = {
-        "namespace": namespace, "run_id": run_id, "snapshot_id": None, "error": None,
-        "steps": {}, "checks": {},
-    }
-    started: dict[str, float] = {}
-    check_failures: list[str] = []
-    for record in instance.all_logs(run_id):
-        event = record.dagster_event
-        if event is None:
-            continue
-        step = event.step_key or ""
-        kind = event.event_type
-        if kind == DagsterEventType.STEP_START:
-            started[step] = record.timestamp
-        elif kind in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
-            entry = summary["steps"].setdefault(step, {})
-            entry["status"] = "ok" if kind == DagsterEventType.STEP_SUCCESS else "failed"
-            entry["seconds"] = round(record.timestamp - started.get(step, record.timestamp), 3)
-            if kind == DagsterEventType.STEP_FAILURE and summary["error"] is None:
-                summary["error"] = _failure_message(event)
-        elif kind == DagsterEventType.STEP_SKIPPED:
-            summary["steps"].setdefault(step, {})["status"] = "skipped"
-        elif kind == DagsterEventType.ASSET_MATERIALIZATION:
-            materialization = event.event_specific_data.materialization
-            metadata = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
-            summary["steps"].setdefault(step, {})["metadata"] = _plain(metadata)
-            if materialization.asset_key.path[-1] == "sqlite_snapshot":
-                summary["snapshot_id"] = metadata.get("snapshot_id")
-        elif kind == DagsterEventType.ASSET_CHECK_EVALUATION:
-            evaluation = event.event_specific_data
-            summary["checks"][evaluation.check_name] = {
-                "passed": bool(evaluation.passed), "description": evaluation.description,
-            }
-            if not evaluation.passed:
-                check_failures.append(f"check {evaluation.check_name} failed: {evaluation.description}")
-    if check_failures:
-        summary["error"] = "; ".join(check_failures)
-    steps = summary["steps"]
-    raw = steps.get("raw_catalog", {}).get("metadata", {})
-    validated = steps.get("validated_items", {}).get("metadata", {})
-    built = steps.get("sqlite_snapshot", {}).get("metadata", {})
-    summary["source"] = raw.get("source")
-    summary["counts"] = {
-        "read": validated.get("total_read"),
-        "valid": validated.get("dagster/row_count"),
-        "rejected": validated.get("rejected_count"),
-        "categories": built.get("category_count"),
-        "published": steps.get("kv_published", {}).get("metadata", {}).get("dagster/row_count"),
-    }
-    summary["rejects_file"] = validated.get("rejects_file")
-    summary["sqlite_path"] = built.get("sqlite_path")
-    return summary
-
-
-def _failure_message(event: Any) -> str:
-    data = event.step_failure_data
-    if data is None:
-        return "step failed"
-    if data.user_failure_data is not None and data.user_failure_data.description:
-        return data.user_failure_data.description
-    error = data.error
-    while error is not None and error.cause is not None and "DagsterExecutionStepExecutionError" in error.cls_name:
-        error = error.cause
-    message = (error.message if error else "step failed").strip()
-    return message.splitlines()[-1] if message else "step failed"
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 def _print_refresh_summary(summary: dict[str, Any]) -> None:

@@ -11,8 +11,8 @@ import dagster as dg
 
 from kryten_pipeline.dagster_defs.assets import kv_published, raw_catalog, sqlite_snapshot, validated_items
 from kryten_pipeline.dagster_defs.checks import kv_current_matches_sqlite
-from kryten_pipeline.dagster_defs.partitions import register_namespaces
 from kryten_pipeline.dagster_defs.jobs import REFRESH_JOB_NAME, drift_check_job, refresh_job
+from kryten_pipeline.dagster_defs.partitions import register_namespaces
 from kryten_pipeline.dagster_defs.resources import CatalogSourceResource, NatsResource, PipelineResource
 from kryten_pipeline.kv_store import CurrentEntry, snapshot_store
 from kryten_pipeline.settings import Settings
