@@ -1,6 +1,6 @@
 """Validation of connector output with a pandera schema; bad rows are rejected with reasons, never fatal.
 
-Two stages: ``_coerce`` turns each raw value into its column type (a value that cannot be turned gets a
+Two stages: ``_coerce_columns`` turns each raw value into its column type (a value that cannot be turned gets a
 type reason), then ``VALIDATED_SCHEMA`` (pandera, lazy) checks content rules on the typed frame. The
 rows that pass both form the validated frame, which is validated once more as a whole.
 """
@@ -21,7 +21,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from kryten_pipeline.catalog_item import CatalogItem, SourceReject
-from kryten_pipeline.manifest import VIDEO_ID_PATTERN, InvalidVideoIdError, build_manifest_url
+from kryten_pipeline.manifest import VIDEO_ID_PATTERN, build_manifest_url, is_valid_video_id
 
 MAX_TITLE_LENGTH = 1000
 COLUMNS = ["video_id", "title", "categories", "duration_seconds", "thumbnail_url", "manifest_url"]
@@ -126,109 +126,143 @@ class ThresholdReport:
     min_count_ratio: float
 
 
-class _Coerced:
-    """One record turned into typed column values, or the reasons it could not be."""
-
-    __slots__ = ("reasons", "values")
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-        self.reasons: list[str] = []
+ItemColumns = dict[str, list[Any]]
+_ITEM_FIELDS = ("video_id", "title", "categories", "duration_seconds", "thumbnail_url")
 
 
-def _coerce(item: CatalogItem, manifest_base: str) -> _Coerced:
-    out = _Coerced()
-    video_id = item.video_id
-    if video_id is not None and not isinstance(video_id, str):
-        out.reasons.append(f"video_id must be a string, got {type(video_id).__name__}")
-    out.values["video_id"] = video_id if isinstance(video_id, str) else None
+def empty_columns() -> ItemColumns:
+    return {name: [] for name in _ITEM_FIELDS}
 
-    title = item.title
-    if title is not None and not isinstance(title, str):
-        out.reasons.append(f"title must be a string, got {type(title).__name__}")
-    out.values["title"] = title.strip() if isinstance(title, str) else None
 
-    categories = item.categories
-    if categories is None:
-        categories = []
-    if isinstance(categories, (list, tuple)) and all(isinstance(c, str) for c in categories):
-        cleaned = [c.strip() for c in categories]
-        out.values["categories"] = list(dict.fromkeys(c for c in cleaned if c))
-    else:
-        out.reasons.append("categories must be a list of strings")
-        out.values["categories"] = []
+def append_item(columns: ItemColumns, item: CatalogItem) -> None:
+    columns["video_id"].append(item.video_id)
+    columns["title"].append(item.title)
+    columns["categories"].append(item.categories)
+    columns["duration_seconds"].append(item.duration_seconds)
+    columns["thumbnail_url"].append(item.thumbnail_url)
 
-    duration = item.duration_seconds
-    value: int | None = None
-    if duration is None:
-        value = None
-    elif isinstance(duration, bool):
-        out.reasons.append("duration_seconds must be an integer, got a boolean")
-    elif isinstance(duration, int):
-        value = duration
-    elif isinstance(duration, float):
-        if math.isfinite(duration) and duration.is_integer():
-            value = int(duration)
+
+def items_to_columns(items: Iterable[CatalogItem]) -> ItemColumns:
+    """Connector output as five parallel lists: compact to keep, fast to pickle, fast to coerce."""
+    columns = empty_columns()
+    for item in items:
+        append_item(columns, item)
+    return columns
+
+
+def _coerce_columns(columns: ItemColumns, manifest_base: str) -> tuple[ItemColumns, dict[int, list[str]]]:
+    """Turn raw values into column types; a value that cannot be turned gives its row a type reason.
+
+    Column by column with a fast path for values that already have the right type (the common case).
+    """
+    reasons: dict[int, list[str]] = {}
+
+    def bad(index: int, reason: str) -> None:
+        reasons.setdefault(index, []).append(reason)
+
+    ids: list[Any] = []
+    for index, value in enumerate(columns["video_id"]):
+        if value is None or type(value) is str:
+            ids.append(value)
         else:
-            out.reasons.append(f"duration_seconds must be whole seconds: {duration!r}")
-    elif isinstance(duration, str) and duration.strip().isdigit():
-        value = int(duration.strip())
-    else:
-        out.reasons.append(f"duration_seconds must be an integer: {_short(duration)}")
-    if value is not None and abs(value) > 2**62:
-        out.reasons.append("duration_seconds out of range")
-        value = None
-    out.values["duration_seconds"] = value
+            bad(index, f"video_id must be a string, got {type(value).__name__}")
+            ids.append(None)
 
-    thumbnail = item.thumbnail_url
-    if thumbnail is not None and not isinstance(thumbnail, str):
-        out.reasons.append(f"thumbnail_url must be a string or null, got {type(thumbnail).__name__}")
-        thumbnail = None
-    if isinstance(thumbnail, str):
-        thumbnail = thumbnail.strip() or None
-    out.values["thumbnail_url"] = thumbnail
+    titles: list[Any] = []
+    for index, value in enumerate(columns["title"]):
+        if type(value) is str:
+            titles.append(value.strip())
+        elif value is None:
+            titles.append(None)
+        else:
+            bad(index, f"title must be a string, got {type(value).__name__}")
+            titles.append(None)
 
-    manifest: str | None = None
-    if isinstance(video_id, str):
-        try:
-            manifest = build_manifest_url(video_id, manifest_base)
-        except InvalidVideoIdError:
-            manifest = None  # the schema reports the id; this column then reads as not derivable
-    out.values["manifest_url"] = manifest
-    return out
+    categories: list[Any] = []
+    for index, value in enumerate(columns["categories"]):
+        if value is None:
+            categories.append([])
+        elif isinstance(value, (list, tuple)) and all(type(c) is str for c in value):
+            cleaned = [c.strip() for c in value]
+            categories.append(list(dict.fromkeys(c for c in cleaned if c)))
+        else:
+            bad(index, "categories must be a list of strings")
+            categories.append([])
+
+    durations: list[Any] = []
+    for index, value in enumerate(columns["duration_seconds"]):
+        number: int | None = None
+        if value is None:
+            pass
+        elif type(value) is int:
+            number = value
+        elif isinstance(value, bool):
+            bad(index, "duration_seconds must be an integer, got a boolean")
+        elif isinstance(value, float):
+            if math.isfinite(value) and value.is_integer():
+                number = int(value)
+            else:
+                bad(index, f"duration_seconds must be whole seconds: {value!r}")
+        elif isinstance(value, int):
+            number = int(value)
+        elif isinstance(value, str) and value.strip().isdigit():
+            number = int(value.strip())
+        else:
+            bad(index, f"duration_seconds must be an integer: {_short(value)}")
+        if number is not None and abs(number) > 2**62:
+            bad(index, "duration_seconds out of range")
+            number = None
+        durations.append(number)
+
+    thumbnails: list[Any] = []
+    for index, value in enumerate(columns["thumbnail_url"]):
+        if type(value) is str:
+            thumbnails.append(value.strip() or None)
+        elif value is None:
+            thumbnails.append(None)
+        else:
+            bad(index, f"thumbnail_url must be a string or null, got {type(value).__name__}")
+            thumbnails.append(None)
+
+    # An id that cannot be placed in a manifest URL leaves it missing; the schema reports the id itself.
+    base = manifest_base.rstrip("/")
+    build_manifest_url("x", base)  # checks the base once (https), not per row
+    manifests = [
+        build_manifest_url(v, base) if type(v) is str and is_valid_video_id(v) else None for v in ids
+    ]
+    typed = {
+        "video_id": ids, "title": titles, "categories": categories, "duration_seconds": durations,
+        "thumbnail_url": thumbnails, "manifest_url": manifests,
+    }
+    return typed, reasons
 
 
 def validate_items(
-    items: Iterable[CatalogItem],
+    items: Iterable[CatalogItem] | ItemColumns,
     *,
     manifest_base: str,
     source_rejects: Iterable[SourceReject] = (),
 ) -> ValidationResult:
-    """Validate connector output; return the validated frame and every rejected row with its reasons."""
-    rows: list[dict[str, Any]] = []
-    positions: list[int] = []
-    originals: list[CatalogItem] = []
+    """Validate connector output; return the validated frame and every rejected row with its reasons.
+
+    ``items`` is connector output, or the same as columns (``items_to_columns``).
+    """
+    columns = items if isinstance(items, dict) else items_to_columns(items)
     rejects: list[RejectedRow] = []
     reason_counts: Counter[str] = Counter()
-
+    source_reject_count = 0
     for reject in source_rejects:
         rejects.append(RejectedRow(row=0, video_id=None, reasons=[reject.reason], record=reject.record))
         reason_counts[_reason_code(reject.reason)] += 1
+        source_reject_count += 1
+    count = len(columns["video_id"])
+    total = count + source_reject_count
 
-    position = 0
-    for position, item in enumerate(items, start=1):
-        coerced = _coerce(item, manifest_base)
-        if coerced.reasons:
-            rejects.append(RejectedRow(position, _short_id(item.video_id), coerced.reasons, _record(item)))
-            reason_counts.update(_reason_code(r) for r in coerced.reasons)
-            continue
-        rows.append(coerced.values)
-        positions.append(position)
-        originals.append(item)
-    total = position + sum(1 for r in rejects if r.row == 0)
-
-    frame = _typed_frame(rows)
-    failures: dict[int, list[str]] = {}
+    typed, failures = _coerce_columns(columns, manifest_base)
+    frame = _typed_frame(typed)
+    if failures:
+        # Rows with a type problem are rejected for it; the schema judges the rest.
+        frame = frame.drop(index=list(failures))
     try:
         VALIDATED_SCHEMA.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:
@@ -238,27 +272,25 @@ def validate_items(
                 continue
             failures.setdefault(int(index), []).append(_failure_reason(case.column, case.check, case.failure_case))
 
+    for index in sorted(failures):
+        reasons = list(dict.fromkeys(failures[index]))
+        record = {name: columns[name][index] for name in _ITEM_FIELDS}
+        rejects.append(RejectedRow(index + 1, _short_id(record["video_id"]), reasons, _clip_record(record)))
+        reason_counts.update(_reason_code(r) for r in reasons)
     if failures:
-        for index in sorted(failures):
-            reasons = list(dict.fromkeys(failures[index]))
-            item = originals[index]
-            rejects.append(RejectedRow(positions[index], _short_id(item.video_id), reasons, _record(item)))
-            reason_counts.update(_reason_code(r) for r in reasons)
-        frame = frame.drop(index=list(failures)).reset_index(drop=True)
-        frame = VALIDATED_SCHEMA.validate(frame)  # what is left must pass as a whole
+        frame = frame.drop(index=[i for i in failures if i in frame.index])
+    # Only whole rows were dropped and duplicates keep their first occurrence, so what is left passes as a
+    # whole (the Dagster type check of validated_items validates it once more).
+    frame = frame.reset_index(drop=True)
     rejects.sort(key=lambda r: r.row)
     return ValidationResult(frame=frame, rejects=rejects, total=total, reason_counts=reason_counts)
 
 
-def _typed_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records(rows, columns=COLUMNS)
-    for column in ("video_id", "title", "thumbnail_url", "manifest_url"):
-        frame[column] = frame[column].astype(object)
-    frame["categories"] = frame["categories"].astype(object)
-    frame["duration_seconds"] = pd.array(
-        [None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v) for v in frame["duration_seconds"]],
-        dtype="Int64",
+def _typed_frame(columns: ItemColumns) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {name: pd.Series(columns[name], dtype=object) for name in COLUMNS if name != "duration_seconds"}
     )
+    frame.insert(3, "duration_seconds", pd.array(columns["duration_seconds"], dtype="Int64"))
     return frame
 
 
@@ -340,9 +372,8 @@ def _short_id(video_id: Any) -> Any:
     return video_id if isinstance(video_id, (str, int, float, type(None))) else _short(video_id)
 
 
-def _record(item: CatalogItem) -> dict[str, Any]:
-    record = item.to_dict()
-    for key, value in record.items():
-        if isinstance(value, str) and len(value) > 300:
-            record[key] = value[:300] + "…"
-    return record
+def _clip_record(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: (value[:300] + "…" if isinstance(value, str) and len(value) > 300 else value)
+        for key, value in record.items()
+    }

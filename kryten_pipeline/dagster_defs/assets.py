@@ -13,7 +13,7 @@ import pandas as pd
 from dagster_pandera import pandera_schema_to_dagster_type
 
 from kryten_pipeline import __version__
-from kryten_pipeline.catalog_item import CatalogConnector, CatalogItem, SourceReject
+from kryten_pipeline.catalog_item import CatalogConnector, SourceReject
 from kryten_pipeline.connectors import make_connector
 from kryten_pipeline.dagster_defs.partitions import namespace_partitions
 from kryten_pipeline.dagster_defs.presentation import failure, markdown_table, scalar_metadata
@@ -38,7 +38,15 @@ from kryten_pipeline.snapshot_db import (
     rows_from_frame,
 )
 from kryten_pipeline.snapshot_id import iso_utc, new_snapshot_id
-from kryten_pipeline.validation import VALIDATED_SCHEMA, check_thresholds, validate_items, write_rejects_file
+from kryten_pipeline.validation import (
+    VALIDATED_SCHEMA,
+    ItemColumns,
+    append_item,
+    check_thresholds,
+    empty_columns,
+    validate_items,
+    write_rejects_file,
+)
 
 GROUP = "catalog"
 OWNERS = ["team:kryten"]
@@ -48,17 +56,25 @@ VALIDATED_ITEMS_TYPE = pandera_schema_to_dagster_type(VALIDATED_SCHEMA)
 
 @dataclass
 class RawCatalog:
-    """What a connector produced for one namespace: items as the source gave them, plus its own rejects."""
+    """What a connector produced for one namespace: items as the source gave them (as parallel columns,
+    see ``validation.items_to_columns``), plus the records it could not turn into items."""
 
     namespace: str
     source: str
-    items: list[CatalogItem]
+    columns: ItemColumns
     source_rejects: list[SourceReject] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def item_count(self) -> int:
+        return len(self.columns["video_id"])
 
-async def _collect(connector: CatalogConnector) -> list[CatalogItem]:
-    return [item async for item in connector.iter_catalog_items()]
+
+async def _collect(connector: CatalogConnector) -> ItemColumns:
+    columns = empty_columns()
+    async for item in connector.iter_catalog_items():
+        append_item(columns, item)
+    return columns
 
 
 def _progress_logger(context: dg.AssetExecutionContext) -> Any:
@@ -85,14 +101,14 @@ def raw_catalog(
         connector = make_connector(settings, namespace=namespace, progress=_progress_logger(context))
         context.log.info(f"reading catalog of namespace {namespace!r} from {connector.label}")
         started = time.perf_counter()
-        items = asyncio.run(_collect(connector))
+        columns = asyncio.run(_collect(connector))
     except KrytenError as exc:
         raise failure(exc, namespace=namespace) from exc
     elapsed = time.perf_counter() - started
-    raw = RawCatalog(namespace, connector.label, items, list(connector.source_rejects), dict(connector.stats))
-    records = len(items) + len(raw.source_rejects)
+    raw = RawCatalog(namespace, connector.label, columns, list(connector.source_rejects), dict(connector.stats))
+    records = raw.item_count + len(raw.source_rejects)
     metadata: dict[str, Any] = {
-        "dagster/row_count": len(items),
+        "dagster/row_count": raw.item_count,
         "namespace": namespace,
         "source": connector.label,
         "source_rejects": len(raw.source_rejects),
@@ -100,7 +116,9 @@ def raw_catalog(
         "items_per_s": round(records / elapsed, 1) if elapsed > 0 else 0.0,
         **scalar_metadata(raw.stats, prefix="source."),
     }
-    context.log.info(f"read {len(items)} items ({len(raw.source_rejects)} unreadable records) in {elapsed:.2f} s")
+    context.log.info(
+        f"read {raw.item_count} items ({len(raw.source_rejects)} unreadable records) in {elapsed:.2f} s"
+    )
     return dg.Output(raw, metadata=metadata)
 
 
@@ -134,7 +152,7 @@ def validated_items(
     except KrytenError as exc:
         raise failure(exc, namespace=namespace) from exc
     started = time.perf_counter()
-    result = validate_items(raw_catalog.items, manifest_base=manifest_base,
+    result = validate_items(raw_catalog.columns, manifest_base=manifest_base,
                             source_rejects=raw_catalog.source_rejects)
     elapsed = time.perf_counter() - started
     live_meta = read_snapshot_meta(live_db_path(settings.data_dir, namespace))
