@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     refresh.add_argument("--source", "-s", choices=SOURCES, help="override KRYTEN_SOURCE for this run")
     refresh.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     refresh.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+    refresh.add_argument("--all-namespaces", action="store_true",
+                         help="every registered namespace: a Dagster backfill if a daemon runs, else one after another")
+    refresh.add_argument("--in-process", action="store_true",
+                         help="with --all-namespaces: refresh here even if a daemon could run a backfill")
+    refresh.add_argument("--allow-removals", action="store_true",
+                         help="publish even if more than KRYTEN_MAX_REMOVED_RATIO of the catalog disappears")
     refresh.set_defaults(handler=cmd_refresh)
 
     status = sub.add_parser("status", help="KV current vs the live SQLite file (exit 1 when inconsistent)")
@@ -70,6 +76,27 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--namespace", "-n")
     rollback.add_argument("--json", action="store_true")
     rollback.set_defaults(handler=cmd_rollback)
+
+    diff = sub.add_parser("diff", help="what changed between two kept snapshots (default: live vs its predecessor)")
+    diff.add_argument("--from", dest="from_id", metavar="SNAPSHOT_ID")
+    diff.add_argument("--to", dest="to_id", metavar="SNAPSHOT_ID")
+    diff.add_argument("--namespace", "-n")
+    diff.add_argument("--json", action="store_true")
+    diff.set_defaults(handler=cmd_diff)
+
+    search = sub.add_parser("search", help="search the live snapshot (FTS5, bm25 ranking)")
+    search.add_argument("query", nargs="?", default="", help="free text; \"quoted phrase\"; last word is a prefix")
+    search.add_argument("--category", "-c", action="append", default=[], help="only items in this category (repeat)")
+    search.add_argument("--limit", type=int, default=20)
+    search.add_argument("--namespace", "-n")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(handler=cmd_search)
+
+    for name, what in (("serve", "the admin HTTP endpoint and the NATS refresh command"),
+                       ("serve-admin", "the admin HTTP endpoint (POST /refresh, GET /status; KRYTEN_ADMIN_TOKEN)"),
+                       ("serve-nats", "the NATS command {prefix}.playlist.cmd.catalog_refresh (request/reply)")):
+        serve = sub.add_parser(name, help=f"serve {what} until stopped (SIGINT/SIGTERM)")
+        serve.set_defaults(handler=cmd_serve, admin=name != "serve-nats", nats=name != "serve-admin")
 
     namespaces = sub.add_parser("namespaces", help="list or add namespaces (Dagster partitions)")
     namespaces.add_argument("action", choices=("list", "add"), nargs="?", default="list")
@@ -107,6 +134,8 @@ def _absolutise_paths() -> None:
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
+    if args.all_namespaces:
+        return cmd_refresh_all(args)
     if args.source:
         os.environ[SPEC_BY_FIELD["source"].env] = args.source
     settings, namespace = _settings_and_namespace(args.namespace)
@@ -116,7 +145,10 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
     ensure_namespace_registered(instance, settings, namespace)
     sink = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    summary = execute_refresh(instance, namespace, tags={"kryten/trigger": "cli"}, progress=sink)
+    tags = {"kryten/trigger": "cli"}
+    if args.allow_removals:
+        tags["kryten/allow-removals"] = "true"
+    summary = execute_refresh(instance, namespace, tags=tags, progress=sink)
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
@@ -159,37 +191,23 @@ def _print_refresh_summary(summary: dict[str, Any]) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings, namespace = _settings_and_namespace(args.namespace)
-    from kryten_pipeline.dagster_defs.checks import read_consistency
+    from kryten_pipeline.snapshot_status import read_snapshot_status
 
-    report = asyncio.run(read_consistency(settings, namespace))
-    current = report.kv_current or {}
-    payload = {
-        "namespace": namespace,
-        "consistent": report.consistent,
-        "kv": {
-            "bucket": settings.kv_bucket,
-            "current": report.kv_current,
-            "revision": report.kv_revision,
-        },
-        "sqlite": {
-            "path": report.sqlite_path,
-            "snapshot_id": report.sqlite_snapshot_id,
-            "item_count": report.sqlite_item_count,
-        },
-        "problems": report.problems,
-    }
+    payload = asyncio.run(read_snapshot_status(settings, namespace))
     if args.json:
         print(json.dumps(payload, indent=2, ensure_ascii=False))
     else:
+        current = payload["kv"]["current"] or {}
+        sqlite = payload["sqlite"]
         print(f"namespace: {namespace}")
         print(f"kv current: {current.get('snapshot_id') or '-'} ({current.get('item_count', '-')} items, "
-              f"revision {report.kv_revision or '-'})")
-        count = report.sqlite_item_count if report.sqlite_item_count is not None else "-"
-        print(f"sqlite: {report.sqlite_snapshot_id or '-'} ({count} items) at {report.sqlite_path}")
-        print(f"consistent: {'yes' if report.consistent else 'NO'}")
-        for problem in report.problems:
+              f"revision {payload['kv']['revision'] or '-'})")
+        count = sqlite["item_count"] if sqlite["item_count"] is not None else "-"
+        print(f"sqlite: {sqlite['snapshot_id'] or '-'} ({count} items) at {sqlite['path']}")
+        print(f"consistent: {'yes' if payload['consistent'] else 'NO'}")
+        for problem in payload["problems"]:
             print(f"  - {problem}")
-    return EXIT_OK if report.consistent else EXIT_FAILED
+    return EXIT_OK if payload["consistent"] else EXIT_FAILED
 
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
@@ -251,6 +269,57 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    settings, namespace = _settings_and_namespace(args.namespace)
+    from kryten_pipeline.snapshot_db import kept_snapshot_path, list_kept_snapshots, live_db_path, read_snapshot_meta
+    from kryten_pipeline.snapshot_diff import KINDS, diff_snapshot_files
+    from kryten_pipeline.snapshot_id import is_snapshot_id
+
+    kept = list_kept_snapshots(settings.data_dir, namespace)
+    live_id = (read_snapshot_meta(live_db_path(settings.data_dir, namespace)) or {}).get("snapshot_id")
+    to_id = args.to_id or live_id
+    if to_id is None:
+        raise ConfigurationError(f"namespace {namespace!r} has no snapshot yet: run `kryten-pipeline refresh`")
+    from_id = args.from_id or next((k for k in reversed(kept) if k < to_id), None)
+    for name, value in (("--from", from_id), ("--to", to_id)):
+        if value is not None and (not is_snapshot_id(value) or value not in kept):
+            raise ConfigurationError(
+                f"{name} {value}: no kept snapshot with that id (kept: {', '.join(kept) or 'none'})",
+                setting="KRYTEN_KEEP_SNAPSHOTS",
+            )
+    old = kept_snapshot_path(settings.data_dir, namespace, from_id) if from_id else None
+    result = diff_snapshot_files(old, kept_snapshot_path(settings.data_dir, namespace, to_id))
+    if args.json:
+        print(json.dumps(result.to_dict() | {"summary": result.summary()}, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    print(f"{result.from_snapshot_id or '(none)'} → {result.to_snapshot_id}: {result.summary()}")
+    for kind in KINDS:
+        for sample in result.samples.get(kind, []):
+            change = f"{sample.get('before')!s} → {sample.get('after')!s}" if "before" in sample else ""
+            print(f"  {kind:<14} {sample['video_id']:<12} {sample['title'][:60]}  {change}".rstrip())
+    return EXIT_OK
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    settings, namespace = _settings_and_namespace(args.namespace)
+    from kryten_pipeline.search import search_catalog
+    from kryten_pipeline.snapshot_db import live_db_path
+
+    live = live_db_path(settings.data_dir, namespace)
+    if not live.exists():
+        raise ConfigurationError(f"namespace {namespace!r} has no snapshot yet: run `kryten-pipeline refresh`")
+    hits = search_catalog(live, args.query, categories=args.category, limit=args.limit)
+    if args.json:
+        print(json.dumps([hit.to_dict() for hit in hits], indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not hits:
+        print("no match")
+    for hit in hits:
+        duration = f"{hit.duration_seconds // 60}:{hit.duration_seconds % 60:02d}" if hit.duration_seconds else "-"
+        print(f"{hit.video_id:<12} {duration:>7}  {hit.title}  [{', '.join(hit.categories)}]")
+    return EXIT_OK
+
+
 def cmd_namespaces(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     instance = _open_project_instance(settings)
@@ -266,6 +335,74 @@ def cmd_namespaces(args: argparse.Namespace) -> int:
     configured = set(settings.namespaces)
     for name in registered_namespaces(instance):
         print(f"{name}{'' if name in configured else '  (registered, not in KRYTEN_NAMESPACES)'}")
+    return EXIT_OK
+
+
+# --- several namespaces, triggers -------------------------------------------------------------------
+
+
+def cmd_refresh_all(args: argparse.Namespace) -> int:
+    """``refresh --all-namespaces``: a backfill when a daemon runs, else each namespace in turn, here."""
+    if args.namespace:
+        raise ConfigurationError("use either --namespace or --all-namespaces")
+    if args.source:
+        os.environ[SPEC_BY_FIELD["source"].env] = args.source
+    settings = Settings.from_env()
+    instance = _open_project_instance(settings)
+    from dagster._core.utils import make_new_run_id
+
+    from kryten_pipeline.dagster_defs.backfills import (
+        BATCH_TAG,
+        backfill_daemon_running,
+        refresh_in_sequence,
+        submit_refresh_backfill,
+    )
+    from kryten_pipeline.dagster_defs.partitions import register_namespaces, registered_namespaces
+
+    register_namespaces(instance, settings.namespaces)
+    namespaces = registered_namespaces(instance)
+    batch = make_new_run_id()[:8]
+    tags = {"kryten/trigger": "cli", BATCH_TAG: batch}
+    if getattr(args, "allow_removals", False):
+        tags["kryten/allow-removals"] = "true"
+    if not args.in_process and backfill_daemon_running(instance):
+        backfill_id = submit_refresh_backfill(instance, namespaces, tags=tags)
+        if args.json:
+            print(json.dumps({"backfill_id": backfill_id, "namespaces": namespaces}))
+        else:
+            print(f"backfill {backfill_id} submitted: {len(namespaces)} namespaces ({', '.join(namespaces)})")
+            print("the Dagster daemon runs it (one run per namespace); follow it in the UI under Runs → Backfills, "
+                  f"e.g. http://127.0.0.1:3000/runs/b/{backfill_id}")
+        return EXIT_OK
+    if not args.quiet:
+        print(f"no Dagster daemon for this instance: refreshing {len(namespaces)} namespaces here, one after "
+              f"another (batch {batch})", file=sys.stderr)
+    sink = None if args.quiet else (lambda ns, line: print(f"[{ns}] {line}", file=sys.stderr, flush=True))
+    summaries = refresh_in_sequence(instance, namespaces, tags=tags, progress=sink)
+    failed = [s for s in summaries if not s["success"]]
+    if args.json:
+        print(json.dumps({"batch": batch, "runs": summaries}, indent=2, ensure_ascii=False))
+    else:
+        print(f"{'namespace':<20} {'result':<7} {'snapshot_id':<24} {'items':>7}  run_id")
+        for s in summaries:
+            items = s.get("counts", {}).get("valid")
+            print(f"{s['namespace']:<20} {'ok' if s['success'] else 'FAILED':<7} {s.get('snapshot_id') or '-':<24} "
+                  f"{items if items is not None else '-':>7}  {s['run_id']}")
+        for s in failed:
+            print(f"error: {s['namespace']}: {s.get('error') or 'refresh failed'}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``serve``, ``serve-admin``, ``serve-nats``: runs go into the project's Dagster instance (the UI shows them)."""
+    settings = Settings.from_env()
+    from kryten_pipeline.refresh_triggers import check_admin_settings, serve
+
+    if args.admin:
+        check_admin_settings(settings)  # refuse before opening anything
+    instance = _open_project_instance(settings)
+    settings = Settings.from_env()  # again: relative paths were made absolute before the chdir
+    serve(settings, instance, admin=args.admin, nats=args.nats)
     return EXIT_OK
 
 

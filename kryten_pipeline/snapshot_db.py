@@ -29,7 +29,9 @@ import pandas as pd
 
 from kryten_pipeline.errors import SnapshotBuildError, StaleSnapshotError
 from kryten_pipeline.namespaces import validate_namespace
+from kryten_pipeline.snapshot_diff import SnapshotDiff, diff_attached
 from kryten_pipeline.snapshot_id import is_snapshot_id
+from kryten_pipeline.titles import readable_title
 
 SCHEMA_VERSION = 1
 LIVE_DB_NAME = "catalog.sqlite3"
@@ -64,11 +66,11 @@ _POST_LOAD = """
 CREATE INDEX idx_catalog_item_title ON catalog_item(title);
 CREATE INDEX idx_catalog_item_category_category ON catalog_item_category(category, video_id);
 CREATE VIRTUAL TABLE catalog_fts USING fts5(
-    video_id UNINDEXED, title, categories,
+    video_id UNINDEXED, title, title_alt, categories,
     tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3'
 );
-INSERT INTO catalog_fts(rowid, video_id, title, categories)
-    SELECT rowid, video_id, title,
+INSERT INTO catalog_fts(rowid, video_id, title, title_alt, categories)
+    SELECT rowid, video_id, title, kryten_readable_title(title),
            (SELECT coalesce(group_concat(value, ' '), '') FROM json_each(catalog_item.categories_json))
     FROM catalog_item ORDER BY rowid;
 INSERT INTO catalog_fts(catalog_fts) VALUES('optimize');
@@ -88,6 +90,7 @@ class BuiltSnapshot:
     sha256: str
     size_bytes: int
     timings: dict[str, float] = field(default_factory=dict)
+    diff: SnapshotDiff | None = None
 
 
 @dataclass(slots=True)
@@ -148,11 +151,13 @@ def build_snapshot_db(
     created_at: str,
     source: str,
     extra_meta: Mapping[str, Any] | None = None,
+    compare_with: Path | None = None,
 ) -> BuiltSnapshot:
     """Write a complete snapshot file next to the live one; return it verified but not yet installed.
 
     ``rows`` are ``(video_id, title, categories, duration_seconds, thumbnail_url, manifest_url)`` tuples of
-    validated items. Streams them in batches. On any failure the temp file is removed and
+    validated items. Streams them in batches. With ``compare_with`` (the live file), the difference to it
+    is computed and stored in ``snapshot_meta.diff_json``. On any failure the temp file is removed and
     ``SnapshotBuildError`` raised; the live file is never touched here.
     """
     ns_dir = ensure_dir(namespace_dir(data_dir, namespace))
@@ -167,6 +172,7 @@ def build_snapshot_db(
         try:
             counts = _load(conn, rows, snapshot_id=snapshot_id, created_at=created_at, timings=timings)
             item_count, category_count, membership_count = counts
+            diff = _diff_against(conn, compare_with, snapshot_id, timings)
             meta = {
                 "snapshot_id": snapshot_id,
                 "created_at": created_at,
@@ -177,6 +183,8 @@ def build_snapshot_db(
                 "namespace": namespace,
                 **(extra_meta or {}),
             }
+            if diff is not None:
+                meta["diff_json"] = json.dumps(diff.to_dict() | {"summary": diff.summary()}, ensure_ascii=False)
             conn.executemany(
                 "INSERT INTO snapshot_meta(key, value) VALUES (?, ?)",
                 [(key, _meta_text(value)) for key, value in meta.items()],
@@ -207,8 +215,28 @@ def build_snapshot_db(
     return BuiltSnapshot(
         path=tmp, snapshot_id=snapshot_id, namespace=namespace, created_at=created_at, source=source,
         item_count=item_count, category_count=category_count, membership_count=membership_count,
-        sha256=sha256, size_bytes=tmp.stat().st_size, timings=timings,
+        sha256=sha256, size_bytes=tmp.stat().st_size, timings=timings, diff=diff,
     )
+
+
+def _diff_against(conn: sqlite3.Connection, previous: Path | None, snapshot_id: str,
+                  timings: dict[str, float]) -> SnapshotDiff | None:
+    if previous is None:
+        return None
+    t0 = time.perf_counter()
+    if not Path(previous).exists():
+        count = conn.execute("SELECT count(*) FROM catalog_item").fetchone()[0]
+        return SnapshotDiff(None, snapshot_id, 0, count, {"added": count, "removed": 0, "retitled": 0,
+                                                          "recategorised": 0, "retimed": 0}, {})
+    try:
+        conn.execute("ATTACH DATABASE ? AS old", (f"file:{Path(previous).resolve()}?mode=ro",))
+        old_id = conn.execute("SELECT value FROM old.snapshot_meta WHERE key = 'snapshot_id'").fetchone()
+        diff = diff_attached(conn, from_id=old_id[0] if old_id else None, to_id=snapshot_id)
+        conn.execute("DETACH DATABASE old")
+    except sqlite3.DatabaseError:
+        return None  # an unreadable previous file is not a reason to keep it live; nothing to compare
+    timings["diff_s"] = round(time.perf_counter() - t0, 3)
+    return diff
 
 
 def _load(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], *, snapshot_id: str, created_at: str,
@@ -218,6 +246,7 @@ def _load(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], *, snapshot
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA temp_store=MEMORY")
     conn.execute("PRAGMA cache_size=-65536")
+    conn.create_function("kryten_readable_title", 1, readable_title, deterministic=True)
     conn.executescript(_DDL)
     t0 = time.perf_counter()
     categories: set[str] = set()

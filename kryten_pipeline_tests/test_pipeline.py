@@ -14,6 +14,7 @@ from kryten_pipeline.embedded_nats import RunningNatsServer
 from kryten_pipeline.kv_store import current_key, snapshot_store
 from kryten_pipeline.snapshot_db import live_db_path, read_snapshot_meta
 from kryten_pipeline_tests.pipeline_helpers import (
+    QUIET,
     PipelineEnv,
     check_results,
     executed_steps,
@@ -48,7 +49,8 @@ def test_ac001_ac002_refresh_publishes_a_consistent_snapshot(env: PipelineEnv) -
     result = env.refresh()
     assert result.success
     assert check_results(result) == {
-        "schema_and_reject_ratio": True, "sqlite_integrity": True, "kv_current_matches_sqlite": True,
+        "schema_and_reject_ratio": True, "sqlite_integrity": True, "removal_guard": True,
+        "kv_current_matches_sqlite": True,
     }
     # AC-001: SQLite holds the new snapshot's items (the fake source's 40).
     assert len(live_ids(env)) == 40
@@ -145,3 +147,24 @@ def test_drift_check_fails_when_current_is_changed_behind_its_back(env: Pipeline
     assert check_results(drift) == {"kv_current_matches_sqlite": False}
     evaluation = next(e for e in drift.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION")
     assert "item_count" in evaluation.event_specific_data.description
+
+
+def test_removal_guard_blocks_a_shrinking_catalog_unless_the_run_allows_it(env: PipelineEnv) -> None:
+    assert env.refresh(fake_items="100").success
+    before = env.current()
+    shrunk = env.refresh(fake_items="70")  # 30 % removed: passes the count check (≥ 50 %), not the guard (20 %)
+    assert not shrunk.success
+    assert check_results(shrunk)["removal_guard"] is False
+    assert any("--allow-removals" in d and "KRYTEN_MAX_REMOVED_RATIO" in d for d in failure_descriptions(shrunk))
+    assert env.current().revision == before.revision and len(live_ids(env)) == 100
+    assert not [p for p in (env.data_dir / "default").iterdir() if ".tmp." in p.name]
+
+    job = env.definitions().resolve_job_def("refresh_catalog")
+    allowed = job.execute_in_process(instance=env.instance, partition_key="default", raise_on_error=False,
+                                     tags={"kryten/allow-removals": "true"}, run_config=QUIET)
+    assert allowed.success and len(live_ids(env)) == 70
+    value = env.current().value
+    assert value["diff"] == {"added": 0, "removed": 30, "retitled": 0, "recategorised": 0, "retimed": 0}
+    assert "−30 items" in value["notes"]
+    meta = read_snapshot_meta(live_db_path(env.data_dir, "default"))
+    assert json.loads(meta["diff_json"])["counts"]["removed"] == 30

@@ -23,7 +23,7 @@ from kryten_pipeline.dagster_defs.resources import (
     PipelineResource,
     kryten_settings,
 )
-from kryten_pipeline.errors import KrytenError, SnapshotBuildError, StaleSnapshotError
+from kryten_pipeline.errors import KrytenError, SnapshotBuildError, StaleSnapshotError, ValidationThresholdError
 from kryten_pipeline.kv_store import current_key, snapshot_key, snapshot_store
 from kryten_pipeline.manifest import manifest_base_from
 from kryten_pipeline.settings import Settings
@@ -37,6 +37,7 @@ from kryten_pipeline.snapshot_db import (
     read_snapshot_meta,
     rows_from_frame,
 )
+from kryten_pipeline.snapshot_diff import KINDS, SnapshotDiff
 from kryten_pipeline.snapshot_id import iso_utc, new_snapshot_id
 from kryten_pipeline.validation import (
     VALIDATED_SCHEMA,
@@ -49,6 +50,7 @@ from kryten_pipeline.validation import (
 )
 
 GROUP = "catalog"
+ALLOW_REMOVALS_TAG = "kryten/allow-removals"
 OWNERS = ["team:kryten"]
 REJECT_FILES_KEPT = 10
 VALIDATED_ITEMS_TYPE = pandera_schema_to_dagster_type(VALIDATED_SCHEMA)
@@ -209,7 +211,14 @@ def validated_items(
             blocking=True,
             description="PRAGMA integrity_check ok, FTS row count = item count, snapshot_meta complete; "
             "checked on the new file before it is swapped in.",
-        )
+        ),
+        dg.AssetCheckSpec(
+            "removal_guard",
+            asset="sqlite_snapshot",
+            blocking=True,
+            description="The refresh removes at most KRYTEN_MAX_REMOVED_RATIO of the live catalog (unless the run "
+            "is tagged kryten/allow-removals=true); the diff is in the metadata.",
+        ),
     ],
 )
 def sqlite_snapshot(
@@ -235,9 +244,11 @@ def sqlite_snapshot(
                 "run_id": context.run_id,
                 "generator": f"kryten-pipeline {__version__}",
             },
+            compare_with=live_db_path(settings.data_dir, namespace),
         )
     except SnapshotBuildError as exc:
         yield dg.AssetCheckResult(check_name="sqlite_integrity", passed=False, description=str(exc))
+        yield dg.AssetCheckResult(check_name="removal_guard", passed=False, description="not evaluated: build failed")
         raise failure(exc, namespace=namespace) from exc
     yield dg.AssetCheckResult(
         check_name="sqlite_integrity",
@@ -245,6 +256,33 @@ def sqlite_snapshot(
         description="integrity_check ok; FTS rows = items; snapshot_meta complete",
         metadata={"item_count": built.item_count, "snapshot_id": built.snapshot_id},
     )
+    diff = built.diff
+    allowed = context.run.tags.get(ALLOW_REMOVALS_TAG, "").lower() in ("1", "true", "yes")
+    removed_ratio = diff.removed_ratio if diff else 0.0
+    guard_ok = removed_ratio <= settings.max_removed_ratio or allowed
+    diff_metadata = _diff_metadata(diff)
+    guard_description = (
+        f"{diff.summary() if diff else 'no previous snapshot'}; removed {removed_ratio:.1%} of the live catalog "
+        f"(limit {settings.max_removed_ratio:.0%}, KRYTEN_MAX_REMOVED_RATIO"
+        + (f"; allowed by run tag {ALLOW_REMOVALS_TAG}" if allowed and not removed_ratio <= settings.max_removed_ratio
+           else "")
+        + ")"
+    )
+    yield dg.AssetCheckResult(
+        check_name="removal_guard", passed=guard_ok, severity=dg.AssetCheckSeverity.ERROR,
+        description=guard_description, metadata=diff_metadata,
+    )
+    if not guard_ok:
+        built.path.unlink(missing_ok=True)
+        raise failure(
+            ValidationThresholdError(
+                f"the refresh would remove {diff.counts['removed']} of {diff.from_count} items "
+                f"({removed_ratio:.1%} > {settings.max_removed_ratio:.0%}); not swapped in. If this is intended, "
+                f"run again with --allow-removals (run tag {ALLOW_REMOVALS_TAG}=true)",
+                setting="KRYTEN_MAX_REMOVED_RATIO",
+            ),
+            namespace=namespace,
+        )
     try:
         installed = install_snapshot(built, data_dir=settings.data_dir, keep=settings.keep_snapshots)
     except (StaleSnapshotError, OSError) as exc:
@@ -267,6 +305,8 @@ def sqlite_snapshot(
         "snapshot_file": str(installed.snapshot_file.resolve()),
         "sqlite_sha256": built.sha256,
         "previous_snapshot_id": installed.previous_snapshot_id,
+        "diff": dict(diff.counts) if diff else None,
+        "diff_summary": diff.summary() if diff else None,
     }
     yield dg.Output(
         info,
@@ -284,9 +324,27 @@ def sqlite_snapshot(
             "top_categories": dg.MetadataValue.md(
                 markdown_table(["category", "items"], top_categories) if top_categories else "none"
             ),
+            **diff_metadata,
             **{f"timing.{k}": v for k, v in built.timings.items()},
         },
     )
+
+
+def _diff_metadata(diff: SnapshotDiff | None) -> dict[str, Any]:
+    if diff is None:
+        return {"diff": "no previous snapshot"}
+    rows = [
+        (kind, sample["video_id"], sample["title"], sample.get("before", ""), sample.get("after", ""))
+        for kind in KINDS for sample in diff.samples.get(kind, [])
+    ]
+    return {
+        "diff": diff.summary(),
+        **{f"diff.{kind}": diff.counts.get(kind, 0) for kind in KINDS},
+        "diff.removed_ratio": round(diff.removed_ratio, 4),
+        "diff.examples": dg.MetadataValue.md(
+            markdown_table(["change", "video_id", "title", "before", "after"], rows) if rows else "no changes"
+        ),
+    }
 
 
 @dg.asset(
@@ -313,6 +371,7 @@ def kv_published(
         f"published {value['snapshot_id']} as {current_key(namespace)} (revision {result.current_revision}); "
         f"previous current: {result.previous_snapshot_id or 'none'}"
     )
+    retention = _apply_retention(settings, namespace, context)
     return dg.Output(
         value,
         metadata={
@@ -325,8 +384,29 @@ def kv_published(
             "current_revision": result.current_revision or 0,
             "previous_current": result.previous_snapshot_id or "none",
             "nats": "embedded" if not settings.nats_url else "external",
+            **retention,
         },
     )
+
+
+def _apply_retention(settings: Settings, namespace: str, context: dg.AssetExecutionContext) -> dict[str, Any]:
+    """Keep the newest KRYTEN_KEEP_SNAPSHOTS snapshots (files and KV records). The publish already
+    succeeded, so a failure here is reported, not fatal: the next publish or `prune_snapshots` retries."""
+    from kryten_pipeline.retention import apply_retention
+
+    try:
+        pruned = asyncio.run(apply_retention(settings, namespace))
+    except KrytenError as exc:
+        context.log.warning(f"retention skipped: {exc}")
+        return {"retention": f"skipped: {exc}"}
+    if pruned.deleted_files or pruned.deleted_records:
+        context.log.info(f"retention: kept {', '.join(pruned.kept)}; deleted records "
+                         f"{pruned.deleted_records or 'none'}, files {pruned.deleted_files or 'none'}")
+    return {
+        "kept_snapshots": dg.MetadataValue.json(pruned.kept),
+        "pruned_records": dg.MetadataValue.json(pruned.deleted_records),
+        "pruned_files": dg.MetadataValue.json(pruned.deleted_files),
+    }
 
 
 def kv_value(snapshot: dict[str, Any], *, run_id: str) -> dict[str, Any]:
@@ -334,7 +414,9 @@ def kv_value(snapshot: dict[str, Any], *, run_id: str) -> dict[str, Any]:
     notes = f"{snapshot['item_count']} items from {snapshot['source']}"
     if snapshot.get("rejected_count"):
         notes += f"; {snapshot['rejected_count']} rejected"
-    return {
+    if snapshot.get("diff_summary"):
+        notes += f"; {snapshot['diff_summary']}"
+    value = {
         "snapshot_id": snapshot["snapshot_id"],
         "source": snapshot["source"],
         "created_at": snapshot["created_at"],
@@ -348,6 +430,9 @@ def kv_value(snapshot: dict[str, Any], *, run_id: str) -> dict[str, Any]:
         "rejected_count": snapshot.get("rejected_count", 0),
         "run_id": run_id,
     }
+    if snapshot.get("diff") is not None:
+        value["diff"] = snapshot["diff"]
+    return value
 
 
 async def _publish(settings: Settings, namespace: str, value: dict[str, Any]) -> Any:

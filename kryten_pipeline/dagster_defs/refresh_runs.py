@@ -40,12 +40,18 @@ def execute_refresh(
     tags: dict[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
     run_id: str | None = None,
+    definitions: dg.Definitions | None = None,
 ) -> dict[str, Any]:
-    """Materialise the refresh job for one namespace in this process; return the run's summary."""
-    from kryten_pipeline.dagster_defs.jobs import REFRESH_JOB_NAME
-    from kryten_pipeline.definitions import defs
+    """Materialise the refresh job for one namespace in this process; return the run's summary.
 
-    job = defs.resolve_job_def(REFRESH_JOB_NAME)
+    ``definitions`` defaults to the code location's (tests pass their own resources).
+    """
+    from kryten_pipeline.dagster_defs.jobs import REFRESH_JOB_NAME
+
+    if definitions is None:
+        from kryten_pipeline.definitions import defs as definitions
+
+    job = definitions.resolve_job_def(REFRESH_JOB_NAME)
     run_id = run_id or make_new_run_id()
     reporter = RunProgress(instance, run_id, progress)
     started = time.perf_counter()
@@ -137,6 +143,7 @@ def summarize_run(instance: Any, run_id: str, namespace: str) -> dict[str, Any]:
     }
     started: dict[str, float] = {}
     check_failures: list[str] = []
+    explained_by_step = False
     for record in instance.all_logs(run_id):
         event = record.dagster_event
         if event is None:
@@ -151,6 +158,9 @@ def summarize_run(instance: Any, run_id: str, namespace: str) -> dict[str, Any]:
             entry["seconds"] = round(record.timestamp - started.get(step, record.timestamp), 3)
             if kind == DagsterEventType.STEP_FAILURE and summary["error"] is None:
                 summary["error"] = _failure_message(event)
+                data = event.step_failure_data
+                user_failed = data is not None and data.user_failure_data is not None
+                explained_by_step = user_failed and bool(data.user_failure_data.description)
         elif kind == DagsterEventType.STEP_SKIPPED:
             summary["steps"].setdefault(step, {})["status"] = "skipped"
         elif kind == DagsterEventType.ASSET_MATERIALIZATION:
@@ -166,7 +176,9 @@ def summarize_run(instance: Any, run_id: str, namespace: str) -> dict[str, Any]:
             }
             if not evaluation.passed:
                 check_failures.append(f"check {evaluation.check_name} failed: {evaluation.description}")
-    if check_failures:
+    # A step that failed with its own explanation says best what to do; a bare blocking-check failure is
+    # explained by the checks' descriptions.
+    if check_failures and not explained_by_step:
         summary["error"] = "; ".join(check_failures)
     steps = summary["steps"]
     raw = steps.get("raw_catalog", {}).get("metadata", {})

@@ -1,0 +1,103 @@
+"""Search over a snapshot file: FTS5 with bm25 ranking, safe query building, category filters.
+
+User input never reaches FTS5 as syntax: every word becomes a quoted string (quotes doubled), so
+``"``, ``(``, ``AND``/``OR``/``NOT``/``NEAR``, ``*`` and ``-`` are searched as text and can never raise
+an FTS5 syntax error. Balanced ``"…"`` in the input searches a phrase; the last word matches as a prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kryten_pipeline.snapshot_db import open_readonly
+
+_WORD = re.compile(r"\w", re.UNICODE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Column weights for bm25: video_id (unindexed), title, title_alt, categories.
+_BM25 = "bm25(catalog_fts, 0.0, 10.0, 6.0, 2.0)"
+
+
+def _quote(term: str) -> str:
+    return '"' + term.replace('"', '""') + '"'
+
+
+def build_match_query(text: str) -> str | None:
+    """An FTS5 MATCH expression for free text, or ``None`` if it holds no searchable word."""
+    phrases: list[str] = []
+    text = _CONTROL.sub(" ", text)  # FTS5 reads its query as a C string: a NUL would cut it short
+    # Balanced quotes delimit phrases; everything else is split on whitespace.
+    parts = re.split(r'"([^"]*)"', text) if text.count('"') >= 2 else [text]
+    for position, part in enumerate(parts):
+        if position % 2 == 1:
+            if _WORD.search(part):
+                phrases.append(_quote(" ".join(part.split())))
+        else:
+            phrases.extend(_quote(word) for word in part.replace('"', " ").split() if _WORD.search(word))
+    if not phrases:
+        return None
+    last_open = not text.rstrip().endswith('"') and not text[-1:].isspace()
+    if last_open:
+        phrases[-1] += " *"  # the word being typed matches as a prefix
+    return " ".join(phrases)
+
+
+@dataclass(slots=True)
+class SearchHit:
+    video_id: str
+    title: str
+    categories: list[str]
+    duration_seconds: int | None
+    thumbnail_url: str | None
+    manifest_url: str
+    score: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def search_catalog(
+    db_path: Path, query: str = "", *, categories: list[str] | None = None, limit: int = 20,
+) -> list[SearchHit]:
+    """Search a snapshot file: ranked by bm25 for a query; by title when only filters (or nothing) are given.
+
+    Each category filter narrows the result (an item must be in all of them).
+    """
+    limit = max(1, min(int(limit), 1000))
+    match = build_match_query(query) if query else None
+    where: list[str] = []
+    params: list[Any] = []
+    if match is not None:
+        where.append("catalog_fts MATCH ?")
+        params.append(match)
+    elif query.strip() and not categories:
+        return []  # only punctuation: nothing to search for
+    for category in categories or []:
+        where.append("i.video_id IN (SELECT video_id FROM catalog_item_category WHERE category = ?)")
+        params.append(category)
+    columns = "i.video_id, i.title, i.categories_json, i.duration_seconds, i.thumbnail_url, i.manifest_url"
+    if match is not None:
+        sql = (f"SELECT {columns}, {_BM25} AS score FROM catalog_fts"
+               " JOIN catalog_item i ON i.rowid = catalog_fts.rowid"
+               f" WHERE {' AND '.join(where)} ORDER BY score, i.title LIMIT ?")
+    else:
+        filters = f" WHERE {' AND '.join(where)}" if where else ""
+        sql = (f"SELECT {columns}, NULL AS score FROM catalog_item i{filters}"
+               " ORDER BY i.title COLLATE NOCASE, i.video_id LIMIT ?")
+    params.append(limit)
+    conn = open_readonly(db_path)
+    try:
+        rows = conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:  # e.g. a file from an older schema
+        raise sqlite3.OperationalError(f"search failed on {db_path}: {exc}") from exc
+    finally:
+        conn.close()
+    return [
+        SearchHit(video_id=r[0], title=r[1], categories=json.loads(r[2]), duration_seconds=r[3],
+                  thumbnail_url=r[4], manifest_url=r[5], score=None if r[6] is None else round(r[6], 4))
+        for r in rows
+    ]
