@@ -39,3 +39,7 @@ class PublishError(KrytenError):
 
 class NatsUnavailableError(KrytenError):
     """NATS could not be reached (or the embedded server could not be started)."""
+
+
+class EventStreamError(KrytenError):
+    """The catalog event stream (Redis) could not be read or acknowledged."""

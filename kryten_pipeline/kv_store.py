@@ -302,13 +302,14 @@ class _CurrentState:
 class SnapshotStore:
     """Snapshot records and the ``current`` pointer in one KV bucket (created if absent)."""
 
-    def __init__(self, js: JetStreamContext, bucket: str) -> None:
+    def __init__(self, js: JetStreamContext, bucket: str, *, replicas: int = 1) -> None:
         self._js = js
         self.bucket = bucket
+        self.replicas = replicas  # used only when this store creates the bucket
         self._kv: KeyValue | None = None
 
     async def ensure_bucket(self) -> KeyValue:
-        """Bind to the bucket, creating it (history 10) if it does not exist."""
+        """Bind to the bucket, creating it (history 10, ``replicas`` copies) if it does not exist."""
         if self._kv is not None:
             return self._kv
         try:
@@ -316,12 +317,17 @@ class SnapshotStore:
                 kv = await self._js.key_value(self.bucket)
             except BucketNotFoundError:
                 try:
-                    kv = await self._js.create_key_value(bucket=self.bucket, history=BUCKET_HISTORY)
-                    logger.info("created NATS KV bucket %s", self.bucket)
+                    kv = await self._js.create_key_value(
+                        bucket=self.bucket, history=BUCKET_HISTORY, replicas=self.replicas
+                    )
+                    logger.info("created NATS KV bucket %s (%d replicas)", self.bucket, self.replicas)
                 except APIError as exc:
                     # Another process created it first (possibly with another config): use theirs.
                     logger.debug("creating bucket %s failed (%s); binding to the existing one", self.bucket, exc)
-                    kv = await self._js.key_value(self.bucket)
+                    try:
+                        kv = await self._js.key_value(self.bucket)
+                    except BucketNotFoundError:
+                        raise self._creation_error(exc) from None
         except InvalidBucketNameError:
             raise ConfigurationError(
                 f"invalid NATS KV bucket name {self.bucket!r} (letters, digits, '_' and '-' only)",
@@ -338,6 +344,16 @@ class SnapshotStore:
             ) from exc
         self._kv = kv
         return kv
+
+    def _creation_error(self, exc: APIError) -> ConfigurationError | NatsUnavailableError:
+        reason = exc.description or _describe(exc)
+        if self.replicas > 1:
+            return ConfigurationError(
+                f"cannot create NATS KV bucket {self.bucket!r} with {self.replicas} replicas: {reason}; that needs "
+                f"a NATS cluster with at least {self.replicas} JetStream servers (use 1 on a single server)",
+                setting="KRYTEN_KV_REPLICAS",
+            )
+        return NatsUnavailableError(f"cannot create NATS KV bucket {self.bucket!r}: {reason}", setting="NATS_URL")
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -567,7 +583,7 @@ async def snapshot_store(settings: Settings) -> AsyncIterator[SnapshotStore]:
     try:
         nc = await connect_nats(conn, url)
         try:
-            store = SnapshotStore(nc.jetstream(), settings.kv_bucket)
+            store = SnapshotStore(nc.jetstream(), settings.kv_bucket, replicas=settings.kv_replicas)
             await store.ensure_bucket()
             yield store
         finally:

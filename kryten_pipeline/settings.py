@@ -78,11 +78,42 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("NATS_TLS_CERT", "nats_tls_cert", None, "client certificate for NATS mutual TLS"),
     SettingSpec("NATS_TLS_KEY", "nats_tls_key", None, "client key for NATS mutual TLS"),
     SettingSpec("KRYTEN_KV_BUCKET", "kv_bucket", "kryten_playlist_snapshot", "NATS KV bucket"),
+    SettingSpec("KRYTEN_KV_REPLICAS", "kv_replicas", "1",
+                "replicas of the KV bucket when it is created (3 or 5 on a NATS cluster; 1 on a single server)"),
     SettingSpec("KRYTEN_MAX_REJECT_RATIO", "max_reject_ratio", "0.05",
                 "fail if more than this share of rows is rejected"),
     SettingSpec("KRYTEN_MIN_COUNT_RATIO", "min_count_ratio", "0.5",
                 "fail if the item count falls below this fraction of the live snapshot's"),
-    SettingSpec("KRYTEN_KEEP_SNAPSHOTS", "keep_snapshots", "3", "snapshot files kept per namespace for rollback"),
+    SettingSpec("KRYTEN_MAX_REMOVED_RATIO", "max_removed_ratio", "0.2",
+                "fail if a refresh would remove more than this share of the live catalog (override per run)"),
+    SettingSpec("KRYTEN_KEEP_SNAPSHOTS", "keep_snapshots", "3",
+                "snapshots kept per namespace for rollback (SQLite files and KV records; never the current one)"),
+    # Automation (schedules, the catalog.updated sensor, refresh triggers).
+    SettingSpec("KRYTEN_REFRESH_SCHEDULE_ENABLED", "refresh_schedule_enabled", "false",
+                "true: the daily refresh schedule starts RUNNING under dagster (else STOPPED until started in the UI)"),
+    SettingSpec("KRYTEN_REFRESH_CRON", "refresh_cron", "0 3 * * *",
+                "cron of the refresh schedule (refreshes every registered namespace)"),
+    SettingSpec("KRYTEN_REFRESH_TIMEZONE", "refresh_timezone", "UTC", "IANA timezone of KRYTEN_REFRESH_CRON"),
+    SettingSpec("KRYTEN_DRIFT_CHECK_CRON", "drift_check_cron", "*/15 * * * *",
+                "cron of the kv_current_matches_sqlite drift check (every registered namespace)"),
+    SettingSpec("REDIS_URL", "redis_url", None,
+                "Redis with the catalog.updated stream (redis://, rediss://); unset: the event sensor skips", True),
+    SettingSpec("CATALOG_EVENT_STREAM_KEY", "catalog_event_stream_key", "catalog:events",
+                "Redis Stream the catalog.updated events are read from"),
+    SettingSpec("KRYTEN_EVENT_GROUP", "event_group", "kryten-pipeline",
+                "consumer group of the event sensor on that stream (created if absent)"),
+    SettingSpec("KRYTEN_EVENT_CONSUMER", "event_consumer", "dagster-sensor", "consumer name of the event sensor"),
+    SettingSpec("KRYTEN_EVENT_DEBOUNCE_S", "event_debounce_s", "30",
+                "refresh a namespace once this many seconds passed without a new event for it"),
+    SettingSpec("KRYTEN_EVENT_BATCH_SIZE", "event_batch_size", "500", "stream entries read per sensor tick at most"),
+    SettingSpec("KRYTEN_EVENT_CLAIM_IDLE_S", "event_claim_idle_s", "900",
+                "entries unacknowledged this long (failed run, dead consumer) are reclaimed and retried"),
+    SettingSpec("KRYTEN_NATS_SUBJECT_PREFIX", "nats_subject_prefix", "kryten",
+                "prefix of the refresh command subject {prefix}.playlist.cmd.catalog_refresh"),
+    SettingSpec("KRYTEN_ADMIN_TOKEN", "admin_token", None,
+                "bearer token of the admin HTTP endpoint (it refuses to start without one)", True),
+    SettingSpec("KRYTEN_ADMIN_BIND", "admin_bind", "127.0.0.1", "address the admin HTTP endpoint listens on"),
+    SettingSpec("KRYTEN_ADMIN_PORT", "admin_port", "8787", "port of the admin HTTP endpoint"),
 )
 
 SPEC_BY_FIELD = {spec.field: spec for spec in SETTINGS}
@@ -146,9 +177,26 @@ class Settings:
     nats_tls_cert: str | None = None
     nats_tls_key: str | None = None
     kv_bucket: str = "kryten_playlist_snapshot"
+    kv_replicas: int = 1
     max_reject_ratio: float = 0.05
     min_count_ratio: float = 0.5
     keep_snapshots: int = 3
+    max_removed_ratio: float = 0.2
+    refresh_schedule_enabled: bool = False
+    refresh_cron: str = "0 3 * * *"
+    refresh_timezone: str = "UTC"
+    drift_check_cron: str = "*/15 * * * *"
+    redis_url: str | None = field(default=None, repr=False)
+    catalog_event_stream_key: str = "catalog:events"
+    event_group: str = "kryten-pipeline"
+    event_consumer: str = "dagster-sensor"
+    event_debounce_s: int = 30
+    event_batch_size: int = 500
+    event_claim_idle_s: int = 900
+    nats_subject_prefix: str = "kryten"
+    admin_token: str | None = field(default=None, repr=False)
+    admin_bind: str = "127.0.0.1"
+    admin_port: int = 8787
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str | None]) -> Settings:
@@ -211,9 +259,26 @@ class Settings:
             nats_tls_cert=raw["nats_tls_cert"],
             nats_tls_key=raw["nats_tls_key"],
             kv_bucket=raw["kv_bucket"] or "kryten_playlist_snapshot",
+            kv_replicas=_as_int(raw["kv_replicas"], "kv_replicas", minimum=1),
             max_reject_ratio=_as_ratio(raw["max_reject_ratio"], "max_reject_ratio"),
             min_count_ratio=_as_ratio(raw["min_count_ratio"], "min_count_ratio"),
             keep_snapshots=_as_int(raw["keep_snapshots"], "keep_snapshots", minimum=1),
+            max_removed_ratio=_as_ratio(raw["max_removed_ratio"], "max_removed_ratio"),
+            refresh_schedule_enabled=_as_bool(raw["refresh_schedule_enabled"], "refresh_schedule_enabled"),
+            refresh_cron=raw["refresh_cron"] or "0 3 * * *",
+            refresh_timezone=_as_timezone(raw["refresh_timezone"] or "UTC", "refresh_timezone"),
+            drift_check_cron=raw["drift_check_cron"] or "*/15 * * * *",
+            redis_url=raw["redis_url"],
+            catalog_event_stream_key=raw["catalog_event_stream_key"] or "catalog:events",
+            event_group=raw["event_group"] or "kryten-pipeline",
+            event_consumer=raw["event_consumer"] or "dagster-sensor",
+            event_debounce_s=_as_int(raw["event_debounce_s"], "event_debounce_s", minimum=0),
+            event_batch_size=_as_int(raw["event_batch_size"], "event_batch_size", minimum=1),
+            event_claim_idle_s=_as_int(raw["event_claim_idle_s"], "event_claim_idle_s", minimum=1),
+            nats_subject_prefix=_as_subject_prefix(raw["nats_subject_prefix"] or "kryten", "nats_subject_prefix"),
+            admin_token=raw["admin_token"],
+            admin_bind=raw["admin_bind"] or "127.0.0.1",
+            admin_port=_as_int(raw["admin_port"], "admin_port", minimum=0),
         )
 
     @classmethod
@@ -244,6 +309,26 @@ def _as_ratio(value: str | None, name: str) -> float:
     if not 0.0 <= number <= 1.0:
         raise ConfigurationError(f"must be between 0 and 1, got {number}", setting=SPEC_BY_FIELD[name].env)
     return number
+
+
+def _as_timezone(value: str, name: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigurationError(
+            f"unknown timezone {value!r} (expected an IANA name like UTC or Europe/Berlin)",
+            setting=SPEC_BY_FIELD[name].env,
+        ) from None
+    return value
+
+
+def _as_subject_prefix(value: str, name: str) -> str:
+    # NATS subject tokens: no wildcards or whitespace, no empty tokens.
+    if any(ch in value for ch in " \t\r\n*>") or any(not token for token in value.split(".")):
+        raise ConfigurationError(f"{value!r} is not a valid NATS subject prefix", setting=SPEC_BY_FIELD[name].env)
+    return value
 
 
 def _as_bool(value: str | None, name: str) -> bool:

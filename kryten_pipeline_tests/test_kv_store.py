@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import socket
@@ -15,10 +16,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from nats.js.errors import BucketNotFoundError
 
 from kryten_pipeline import embedded_nats
 from kryten_pipeline.embedded_nats import find_nats_server_binary, nats_url_answers
-from kryten_pipeline.errors import NatsUnavailableError, PublishError, StaleSnapshotError
+from kryten_pipeline.errors import ConfigurationError, NatsUnavailableError, PublishError, StaleSnapshotError
 from kryten_pipeline.kv_store import (
     NatsConnectionSettings,
     SnapshotStore,
@@ -79,6 +81,59 @@ def test_bucket_is_created_if_absent(nats_settings: Settings) -> None:
             await nc.close()
 
     assert run(scenario()) == 10
+
+
+def test_new_bucket_gets_the_configured_replicas(nats_settings: Settings) -> None:
+    settings = dataclasses.replace(
+        Settings.from_env({"KRYTEN_KV_REPLICAS": "1"}),
+        nats_url=nats_settings.nats_url,
+        kv_bucket=nats_settings.kv_bucket,
+        data_dir=nats_settings.data_dir,
+    )
+    assert settings.kv_replicas == 1
+
+    async def scenario() -> int:
+        async with snapshot_store(settings):
+            pass
+        nc = await connect_nats(NatsConnectionSettings(url=settings.nats_url), str(settings.nats_url))
+        try:
+            info = await nc.jetstream().stream_info(f"KV_{settings.kv_bucket}")
+            return int(info.config.num_replicas or 0)
+        finally:
+            await nc.close()
+
+    assert run(scenario()) == 1
+
+
+def test_more_replicas_than_servers_is_a_configuration_error(nats_settings: Settings) -> None:
+    settings = dataclasses.replace(nats_settings, kv_replicas=3)
+
+    async def scenario() -> None:
+        async with snapshot_store(settings):
+            pass
+
+    # A single nats-server cannot hold 3 replicas: the error names the setting, and no bucket is left behind.
+    with pytest.raises(ConfigurationError, match=r"3 replicas.*KRYTEN_KV_REPLICAS") as caught:
+        run(scenario())
+    assert caught.value.setting == "KRYTEN_KV_REPLICAS"
+
+    async def bucket_exists() -> bool:
+        nc = await connect_nats(NatsConnectionSettings(url=settings.nats_url), str(settings.nats_url))
+        try:
+            await nc.jetstream().key_value(settings.kv_bucket)
+        except BucketNotFoundError:
+            return False
+        finally:
+            await nc.close()
+        return True
+
+    assert not run(bucket_exists())
+
+
+def test_kv_replicas_setting_is_validated() -> None:
+    assert Settings.from_env({}).kv_replicas == 1
+    with pytest.raises(ConfigurationError, match="KRYTEN_KV_REPLICAS"):
+        Settings.from_env({"KRYTEN_KV_REPLICAS": "0"})
 
 
 def test_publish_writes_snapshot_record_then_current(nats_settings: Settings) -> None:

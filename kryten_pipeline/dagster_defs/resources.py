@@ -13,6 +13,7 @@ from typing import Any
 
 import dagster as dg
 
+from kryten_pipeline.dagster_defs.automation_resources import AutomationResource, CatalogEventsResource
 from kryten_pipeline.settings import SPEC_BY_FIELD, Settings, load_dotenv_file
 from kryten_pipeline.snapshot_db import namespace_lock
 
@@ -32,6 +33,7 @@ class PipelineResource(dg.ConfigurableResource):
     max_reject_ratio: str | None = "0.05"
     min_count_ratio: str | None = "0.5"
     keep_snapshots: str | None = "3"
+    max_removed_ratio: str | None = "0.2"
 
     @contextlib.contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator["PipelineResource"]:
@@ -61,6 +63,24 @@ class CatalogSourceResource(dg.ConfigurableResource):
     mediacms_token: str | None = None
     mediacms_username: str | None = None
     mediacms_password: str | None = None
+    mediacms_playable: str | None = "listable"
+    mediacms_concurrency: str | None = "4"
+    mediacms_timeout: str | None = "30"
+    mediacms_retries: str | None = "4"
+    mediacms_db_url: str | None = None
+    mediacms_db_password: str | None = None
+    mediacms_db_statement_timeout_s: str | None = "300"
+    mediacms_db_batch_size: str | None = "2000"
+    content_service_addr: str | None = None
+    service_auth_token: str | None = None
+    content_service_tls_ca: str | None = None
+    content_service_tls_cert: str | None = None
+    content_service_tls_key: str | None = None
+    content_service_plaintext: str | None = "false"
+    content_service_cdn_host: str | None = None
+    content_service_chunk_limit: str | None = "100"
+    content_service_max_retries: str | None = "5"
+    content_service_idle_timeout_s: str | None = "60"
 
 
 class NatsResource(dg.ConfigurableResource):
@@ -75,12 +95,15 @@ class NatsResource(dg.ConfigurableResource):
     nats_tls_cert: str | None = None
     nats_tls_key: str | None = None
     kv_bucket: str | None = "kryten_playlist_snapshot"
+    kv_replicas: str | None = "1"
 
 
 RESOURCE_CLASSES: dict[str, type[dg.ConfigurableResource]] = {
     "pipeline": PipelineResource,
     "catalog_source": CatalogSourceResource,
     "nats": NatsResource,
+    "catalog_events": CatalogEventsResource,
+    "automation": AutomationResource,
 }
 
 
