@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests start for real (PostgreSQL for the mediacms-db source, Redis for the event sensor).
-SYSTEM_PACKAGES := postgresql redis-server
+SYSTEM_PACKAGES := postgresql redis-server openssl
 
 .PHONY: setup run status ui test test-fast lint system-deps protos sample bench clean
 
@@ -43,6 +43,7 @@ system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = "0" ]; then \
 	    echo "installing:$$missing"; \
