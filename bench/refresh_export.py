@@ -27,7 +27,8 @@ src, db = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()
 conn = sqlite3.connect(db, isolation_level=None)
 conn.execute("PRAGMA journal_mode=OFF"); conn.execute("PRAGMA synchronous=OFF")
-conn.execute("CREATE TABLE item(video_id TEXT PRIMARY KEY, title TEXT, categories_json TEXT, duration INTEGER, thumb TEXT)")
+conn.execute("CREATE TABLE item(video_id TEXT PRIMARY KEY, title TEXT, categories_json TEXT, duration INTEGER, "
+             "thumb TEXT)")
 conn.execute("BEGIN")
 with open(src, "rb") as f:
     rows = ((r["video_id"], r["title"], json.dumps(r.get("categories") or []), r.get("duration_seconds"),

@@ -315,9 +315,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not hits:
         print("no match")
     for hit in hits:
-        duration = f"{hit.duration_seconds // 60}:{hit.duration_seconds % 60:02d}" if hit.duration_seconds else "-"
+        duration = _clock(hit.duration_seconds) if hit.duration_seconds else "-"
         print(f"{hit.video_id:<12} {duration:>7}  {hit.title}  [{', '.join(hit.categories)}]")
     return EXIT_OK
+
+
+def _clock(seconds: int) -> str:
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def cmd_namespaces(args: argparse.Namespace) -> int:

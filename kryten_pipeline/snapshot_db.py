@@ -74,6 +74,7 @@ INSERT INTO catalog_fts(rowid, video_id, title, title_alt, categories)
            (SELECT coalesce(group_concat(value, ' '), '') FROM json_each(catalog_item.categories_json))
     FROM catalog_item ORDER BY rowid;
 INSERT INTO catalog_fts(catalog_fts) VALUES('optimize');
+INSERT INTO catalog_fts(catalog_fts, rank) VALUES('rank', 'bm25(0.0, 10.0, 6.0, 2.0)');
 """
 
 
