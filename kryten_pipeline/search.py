@@ -18,6 +18,7 @@ from kryten_pipeline.snapshot_db import open_readonly
 
 _WORD = re.compile(r"\w", re.UNICODE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TOKENS = re.compile(r"[^\W_]+", re.UNICODE)
 # Column weights for bm25: video_id (unindexed), title, title_alt, categories.
 _BM25 = "bm25(catalog_fts, 0.0, 10.0, 6.0, 2.0)"
 
@@ -72,22 +73,26 @@ def search_catalog(
     if match is None and query.strip() and not categories:
         return []  # only punctuation: nothing to search for
     columns = "i.video_id, i.title, i.categories_json, i.duration_seconds, i.thumbnail_url, i.manifest_url"
-    in_category = (
-        "SELECT i2.rowid FROM catalog_item_category c JOIN catalog_item i2 ON i2.video_id = c.video_id "
-        "WHERE c.category = ?"
-    )
     params: list[Any] = []
     if match is not None:
         # Rank inside FTS5 and keep only the top rows before touching catalog_item: a common word can
         # match a large share of the catalog, and joining every match first would dominate the latency.
-        # `+rowid`: filter the matches, instead of letting FTS5 run the MATCH once per category member.
-        filters = "".join(f" AND +rowid IN ({in_category})" for _ in categories or [])
+        # A category narrows the FTS5 match itself (its words in the `categories` column, a cheap doclist
+        # intersection), then membership is checked exactly per remaining row.
+        category_match = "".join(
+            f" AND categories : {_quote(' '.join(_TOKENS.findall(c)))}" for c in categories or [] if _TOKENS.search(c)
+        )
+        exact = "".join(
+            " AND EXISTS (SELECT 1 FROM catalog_item i2 JOIN catalog_item_category c ON c.video_id = i2.video_id"
+            " WHERE i2.rowid = catalog_fts.rowid AND c.category = ?)"
+            for _ in categories or []
+        )
         sql = (
-            f"WITH hits AS (SELECT rowid, {_BM25} AS score FROM catalog_fts WHERE catalog_fts MATCH ?{filters}"
+            f"WITH hits AS (SELECT rowid, {_BM25} AS score FROM catalog_fts WHERE catalog_fts MATCH ?{exact}"
             f" ORDER BY score LIMIT ?) SELECT {columns}, hits.score FROM hits"
             " JOIN catalog_item i ON i.rowid = hits.rowid ORDER BY hits.score, i.title"
         )
-        params = [match, *(categories or []), limit]
+        params = [f"({match}){category_match}", *(categories or []), limit]
     else:
         # Title order walks the title index and stops after `limit` rows that pass the filters.
         filters = " AND ".join(
