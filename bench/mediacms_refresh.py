@@ -2,8 +2,8 @@
 
 Against the fake MediaCMS server (``kryten_pipeline_tests/fake_mediacms.py``) with generated catalogs, it runs
 
-1. **refresh** — ``MediaCMSConnector`` (listing + every category) → validation → ``build_snapshot_db``
-   (indexes, FTS5, verification): see ``run_full_refresh``;
+1. **refresh** — ``MediaCMSConnector`` (listing + every category) → ``build_snapshot_db`` (indexes, FTS5,
+   verification; ``--validate`` adds ``validate_items``): see ``run_full_refresh``;
 2. **reference fetch** — plain synchronous ``httpx``, one request after the other, over *the same pages*
    the refresh requested (replayed from the server's request log), each parsed with ``json.loads``;
    also a listing-only variant (the smallest possible extraction: no categories at all);
@@ -56,8 +56,9 @@ def run_full_refresh(url: str, token: str | None, data_dir: Path, *, concurrency
                      validate: bool = True) -> tuple[list[tuple[Any, ...]], dict[str, Any]]:
     """THE HOOK: one full refresh up to a verified SQLite file; returns (rows, connector stats).
 
-    It runs the project's own pieces — connector, ``validate_items``, ``build_snapshot_db`` — but not the
-    Dagster job or the KV publish; point it at the real pipeline entry point to time those too.
+    It runs the project's own pieces — the connector, optionally ``validate_items``, ``build_snapshot_db``
+    (load, indexes, FTS5, verification) — but not the Dagster job or the KV publish; point it at the real
+    pipeline entry point to time those too.
     """
     from kryten_pipeline.connectors.mediacms import MediaCMSConnector
     from kryten_pipeline.manifest import manifest_base_from
@@ -103,7 +104,7 @@ def part_refresh(args: argparse.Namespace) -> dict[str, Any]:
     data_dir = Path(args.data_dir)
     started = time.perf_counter()
     rows, stats = run_full_refresh(args.url, args.token, data_dir, concurrency=args.concurrency,
-                                   validate=not args.no_validation)
+                                   validate=args.validate)
     wall = time.perf_counter() - started
     with open(args.rows_out, "w", encoding="utf-8") as out:
         for row in rows:
@@ -184,12 +185,19 @@ def run_part(name: str, *extra: str, repeat: int = 1, before: Any = None) -> dic
 
 
 def bench_size(n_items: int, n_categories: int, *, concurrency: int, capped: bool, validate: bool,
-               repeat: int) -> dict[str, Any]:
-    from kryten_pipeline_tests.fake_mediacms import FakeMediaCMS, generate_catalog
+               repeat: int, titles: str, latency: float) -> dict[str, Any]:
+    from kryten_pipeline_tests.fake_mediacms import (
+        CATEGORY_TITLES,
+        PLAIN_CATEGORY_TITLES,
+        FakeMediaCMS,
+        generate_catalog,
+    )
 
-    catalog = generate_catalog(n_items, n_categories, seed=42)
+    catalog = generate_catalog(n_items, n_categories, seed=42,
+                               titles=CATEGORY_TITLES if titles == "traps" else PLAIN_CATEGORY_TITLES)
     token = FakeMediaCMS.EDITOR_TOKEN
-    with FakeMediaCMS(catalog, capped=capped, public_base="http://mediacms.internal:8000") as server, \
+    with FakeMediaCMS(catalog, capped=capped, public_base="http://mediacms.internal:8000",
+                      latency=latency) as server, \
             tempfile.TemporaryDirectory(prefix="kryten-bench-") as tmp:
         server.warm()  # time the clients, not the server's first rendering of each item
         tmpdir = Path(tmp)
@@ -197,7 +205,7 @@ def bench_size(n_items: int, n_categories: int, *, concurrency: int, capped: boo
         common = ["--url", server.url, "--token", token, "--data-dir", str(tmpdir)]
 
         refresh = run_part("refresh", *common, "--rows-out", str(rows_file), "--concurrency", str(concurrency),
-                           *([] if validate else ["--no-validation"]), repeat=repeat, before=server.reset_counts)
+                           *(["--validate"] if validate else []), repeat=repeat, before=server.reset_counts)
         refresh["requests"] = server.total_requests
         refresh["requests_by_endpoint"] = dict(server.counts)
         # The same pages, in the order the refresh asked for them (GETs only: the reference has a token).
@@ -215,7 +223,8 @@ def bench_size(n_items: int, n_categories: int, *, concurrency: int, capped: boo
     floor = reference["wall_s"] + insert["wall_s"]
     strict_floor = listing_only["wall_s"] + insert["wall_s"]
     return {
-        "items": n_items, "categories": n_categories, "capped": capped, "concurrency": concurrency,
+        "items": n_items, "categories": n_categories, "titles": titles, "capped": capped,
+        "concurrency": concurrency, "validate": validate, "latency_s": latency,
         "refresh": refresh, "reference_fetch": reference, "reference_listing_only": listing_only,
         "bare_insert": insert,
         "ratio": round(refresh["wall_s"] / floor, 2) if floor else None,
@@ -233,8 +242,9 @@ def print_report(result: dict[str, Any]) -> None:
     r, f, lo, i = result["refresh"], result["reference_fetch"], result["reference_listing_only"], result["bare_insert"]
     s = r["stats"]
     cap = "on" if result["capped"] else "off"
-    print(f"\n== {result['items']:,} items, {result['categories']} categories, cap {cap}, "
-          f"concurrency {result['concurrency']} ==")
+    print(f"\n== {result['items']:,} items, {result['categories']} categories ({result['titles']} titles), cap {cap}, "
+          f"concurrency {result['concurrency']}, validation {'on' if result['validate'] else 'off'}, "
+          f"server latency {result['latency_s'] * 1000:.0f} ms ==")
     print(f"{'part':<28}{'wall s':>9}{'requests':>10}{'peak RSS MB':>13}")
     print(f"{'refresh (connector+db)':<28}{r['wall_s']:>9.2f}{r['requests']:>10}{r['peak_rss_mb']:>13.1f}")
     print(f"{'reference fetch (same pages)':<28}{f['wall_s']:>9.2f}{f['requests']:>10}{f['peak_rss_mb']:>13.1f}")
@@ -263,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument("--rows-in")
         parser.add_argument("--urls-file")
         parser.add_argument("--concurrency", type=int, default=4)
-        parser.add_argument("--no-validation", action="store_true")
+        parser.add_argument("--validate", action="store_true")
         args = parser.parse_args(argv[1:])
         result = {"refresh": part_refresh, "reference": part_reference, "insert": part_insert}[part](args)
         print(json.dumps(result, default=str))
@@ -273,15 +283,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--categories", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--uncapped", action="store_true", help="pre-7.2 server (no 1,000-row cap)")
-    parser.add_argument("--no-validation", action="store_true", help="skip validate_items in the refresh")
+    parser.add_argument("--validate", action="store_true", help="also run validate_items in the refresh")
+    parser.add_argument("--titles", choices=("traps", "plain"), default="traps",
+                        help="category titles: 'traps' makes the two largest categories 'Art' and 'Martial Arts' "
+                             "(a substring pair: the worst case for capped searches); 'plain' has no nesting")
     parser.add_argument("--repeat", type=int, default=3, help="runs per part; the fastest counts")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds the fake server takes per answer (0: as fast as it can; a real MediaCMS "
+                             "takes tens of ms per page)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONHASHSEED", "0")
     results = []
     for size in args.sizes:
         result = bench_size(size, args.categories, concurrency=args.concurrency, capped=not args.uncapped,
-                            validate=not args.no_validation, repeat=args.repeat)
+                            validate=args.validate, repeat=args.repeat, titles=args.titles,
+                            latency=args.latency)
         print_report(result)
         results.append(result)
     if args.json:

@@ -50,6 +50,11 @@ CATEGORY_TITLES = (
     "Sci-Fi/Fantasy", "Éducation", "日本語のアニメ", "Documentary", "Music", "News", "Sports", "Comedy",
     "Kids", "Horror", "Nature", "History", "Travel", "Science", "Gaming", "Retro", "Live", "Cooking",
 )
+PLAIN_CATEGORY_TITLES = (
+    "Documentary", "Music", "News", "Sports", "Comedy", "Kids", "Horror", "Nature", "History", "Travel",
+    "Science", "Gaming", "Retro", "Live", "Cooking", "Éducation", "日本語のアニメ", "Rock & Roll", "Sci-Fi/Fantasy",
+    "Tom \"&\" Jerry's <Picks>",
+)
 _WORDS = (
     "amber", "binary", "cobalt", "delta", "ember", "fjord", "glacier", "harbor", "island", "jungle", "kestrel",
     "lantern", "meadow", "nebula", "orchid", "prairie", "quartz", "river", "summit", "tundra", "café", "naïve",
@@ -123,17 +128,21 @@ def generate_catalog(
     seed: int = 0,
     playable_share: float = 0.9,
     category_weights: tuple[float, float, float, float] = (0.2, 0.5, 0.2, 0.1),
+    titles: tuple[str, ...] = CATEGORY_TITLES,
 ) -> FakeCatalog:
     """A deterministic catalog: ``n_items`` media, ``n_categories`` categories, many-to-many.
 
     About ``playable_share`` of the items are listable videos; the rest are spread over audio/image/pdf,
     private (some shared with ``alice``), unlisted, unreviewed, pending and failed encodings.
-    ``category_weights`` is the share of items with 0, 1, 2 and 3 categories.
+    ``category_weights`` is the share of items with 0, 1, 2 and 3 categories. ``titles`` are used in order,
+    the first ones the most popular (the default puts the "Art" ⊂ "Martial Arts" trap in the two largest
+    categories: a worst case for a capped substring search; ``PLAIN_CATEGORY_TITLES`` has no such nesting).
     """
     rng = random.Random(seed)
-    titles = list(CATEGORY_TITLES[:n_categories])
-    while len(titles) < n_categories:
-        titles.append(f"Category {len(titles) + 1}")
+    chosen_titles = list(titles[:n_categories])
+    while len(chosen_titles) < n_categories:
+        chosen_titles.append(f"Category {len(chosen_titles) + 1:02d}")
+    titles = tuple(chosen_titles)
     categories = [
         FakeCategory(title=t, uid=f"{rng.getrandbits(128):032x}", description=f"about {t.strip()}") for t in titles
     ]
@@ -225,6 +234,7 @@ class RequestRecord:
     query: dict[str, str]
     status: int
     authorization: str  # "none", "token", "bearer", "basic", "invalid"
+    accept: str = ""
 
 
 # --------------------------------------------------------------------------------------------- server
@@ -248,13 +258,15 @@ class FakeMediaCMS:
         login_required: bool = False,
         relative_thumbnails: bool = False,
         manage_category_filter: str = "substring",
+        latency: float = 0.0,
         port: int = 0,
     ) -> None:
         """``capped``: the ≥7.2 1,000-row cap on /media and /search (``capped_media``
         overrides it for /media). ``public_base``: the scheme+host the
         server believes it has (used for ``next``/``previous``/``url``); default: its real address.
         ``manage_category_filter``: how /manage_media treats ``category`` — "substring" (8.x), "uid" (newer:
-        a uid, else an exact title), "exact" or "ignored"."""
+        a uid, else an exact title), "exact" or "ignored". ``latency``: seconds every answer waits first, as a
+        Django + PostgreSQL server's would (threads: concurrent requests wait side by side)."""
         self.catalog = catalog
         self.capped = capped
         # Latest releases cap /media for signed-in users only; None: same as ``capped``.
@@ -263,6 +275,7 @@ class FakeMediaCMS:
         self.relative_thumbnails = relative_thumbnails
         self.manage_category_filter = manage_category_filter
         self.frontend_host = frontend_host.rstrip("/")
+        self.latency = latency
         self._public_base = public_base
         self.lock = threading.RLock()
         self.counts: Counter[str] = Counter()
@@ -624,7 +637,7 @@ def _make_handler(server: FakeMediaCMS) -> type[BaseHTTPRequestHandler]:
                 form = {}
             with server.lock:
                 server.counts[endpoint] += 1
-                record = RequestRecord(method, path, query, 0, auth_kind)
+                record = RequestRecord(method, path, query, 0, auth_kind, self.headers.get("Accept", ""))
                 server.log.append(record)
                 fault = next((f for f in server.faults if f.times > 0 and f.matches(path, query)), None)
                 if fault is not None and fault.skip > 0:
@@ -632,6 +645,8 @@ def _make_handler(server: FakeMediaCMS) -> type[BaseHTTPRequestHandler]:
                     fault = None
                 elif fault is not None:
                     fault.times -= 1
+            if server.latency:
+                time.sleep(server.latency)
             status = self._dispatch(method, path, query_list, query, endpoint, user, valid, form, fault)
             record.status = status
 
@@ -802,7 +817,9 @@ def main(argv: list[str] | None = None) -> None:
     server = FakeMediaCMS(generate_catalog(args.items, args.categories, seed=args.seed), capped=not args.uncapped,
                           public_base=args.public_base, port=args.port)
     server.warm()
-    print(server.url, flush=True)
+    print(f"MEDIACMS_URL={server.url}", flush=True)
+    print(f"MEDIACMS_TOKEN={server.EDITOR_TOKEN}  # editor: complete catalog; user token: {server.USER_TOKEN}",
+          flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server._httpd.serve_forever()
 

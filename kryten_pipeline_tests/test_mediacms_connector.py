@@ -80,6 +80,8 @@ def test_editor_token_reads_the_whole_catalog_through_manage_media() -> None:
         assert server.total_requests <= listing_pages + search_pages(catalog) + 5
         assert connector.stats["requests"] == server.total_requests
         assert connector.stats["items"] == len(items)
+        assert {r.accept for r in server.log} == {"application/json"}
+        assert not any(r.status == 404 for r in server.log)  # never a page past the end
         assert isinstance(connector, CatalogConnector)
         json.dumps(connector.stats)  # JSON-serialisable
 

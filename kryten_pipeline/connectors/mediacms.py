@@ -4,14 +4,18 @@ The traps this module handles are listed in ``reference/mediacms-api.md``. In sh
 
 * **Complete listing.** With an editor/manager token (detected by asking ``/api/v1/manage_media``) the walk
   uses the uncapped ``/manage_media``; otherwise ``/media``, whose lists MediaCMS ≥ 7.2 cuts at 1,000 rows —
-  a listing that reports exactly 1,000 is refused, never published as if complete. ``next`` links are rebased
-  onto ``MEDIACMS_URL`` (servers behind a proxy build them from an internal host), the walk stops on
-  ``next: null``, de-duplicates by ``friendly_token`` and reconciles the unique count with ``count``.
+  a listing that reports exactly 1,000 is refused, never published as if complete. Pages are read side by
+  side as ``page=N`` on ``MEDIACMS_URL`` (the server's absolute ``next`` links may name an internal host; a
+  re-read follows them, rebased), never past what ``count`` announces, until ``next: null``; items are
+  de-duplicated by ``friendly_token`` and the unique count is reconciled with ``count`` (the head of the
+  list, then the whole list page after page, is read again if items moved during the walk).
 * **Categories without N+1.** ``/categories`` once, then ``/search?c=<title>`` per category, concurrently. The
   ``c`` filter is a case-sensitive *substring* match, so membership is read from each result's
   ``categories_info`` (which lists *all* categories of the item). A category whose search hits the 1,000 cap is
   completed through ``/manage_media?category=`` when the token allows it (uncapped; exact unless another
-  category's title contains this one); only items that no listing could place get a detail call, counted in
+  category's title contains this one; newer releases also take the category uid, which is exact). Items no
+  list could place are looked for in the capped searches sorted other ways and split by uploader
+  (``author``), 1,000 rows at a time; only the rest get a detail call each, counted in
   ``stats["detail_calls"]``.
 * **Playable policy.** Listings from an editor token include private, unlisted, unreviewed and unencoded
   media: every item is checked against ``MEDIACMS_PLAYABLE`` (default: listable videos), never trusted.
@@ -37,15 +41,6 @@ from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import httpx
-
-try:
-    import sniffio  # noqa: F401
-except ImportError:
-    # httpcore 1.0 tries ``import sniffio`` on every async request to detect the event loop. Without the
-    # package each failed import rescans sys.path (~1 ms a request, a third of the client's CPU per page).
-    # Caching the miss keeps httpcore's own fallback (asyncio) and drops the rescans; installing sniffio
-    # makes this a no-op.
-    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 from kryten_pipeline.catalog_item import CatalogItem, SourceReject
 from kryten_pipeline.errors import ConfigurationError, SourceError
@@ -358,20 +353,23 @@ class MediaCMSConnector:
         self._reset()
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         headers = {"Accept": "application/json", "User-Agent": "kryten-pipeline"}
-        async with httpx.AsyncClient(
-            timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-            limits=limits, headers=headers, follow_redirects=False,
-            transport=self._transport,
-        ) as client:
-            self._client = client
-            await self._authenticate()
-            first_path, first_params, first_page = await self._choose_listing()
-            await _run_all([
-                self._walk_listing(first_path, first_params, first_page),
-                self._walk_categories(),
-            ])
-            await self._complete_categories()
-        self._client = None
+        try:
+            async with httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                limits=limits, headers=headers, follow_redirects=False,
+                transport=self._transport,
+            ) as client:
+                self._client = client
+                await self._authenticate()
+                first_path, first_params, first_page = await self._choose_listing()
+                await _run_all([
+                    self._walk_listing(first_path, first_params, first_page),
+                    self._walk_categories(),
+                ])
+                await self._complete_categories()
+        finally:
+            self._client = None
+            self._update_timing()  # a failed run still reports how far it got
         order = {title: index for index, title in enumerate(self._titles)}
         members, full = self._members_by_token, self._full_categories
         normalised: dict[tuple[str, ...], list[str]] = {}  # few distinct combinations: order each once
