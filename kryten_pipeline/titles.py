@@ -10,6 +10,9 @@ _MEDIA_EXTENSION = re.compile(
 _SEPARATORS = re.compile(r"[._+\[\](){}]+")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 _TOKEN = re.compile(r"[^\W_]+")
+# Only these can make the readable form differ from what the tokenizer already sees: a cheap first test,
+# since the builder calls this for every title.
+_MAYBE_DIFFERENT = re.compile(r"[a-z][A-Z]|_|\.[A-Za-z0-9]{2,4}$")
 
 
 def readable_title(title: str) -> str:
@@ -18,6 +21,8 @@ def readable_title(title: str) -> str:
     FTS5's tokenizer already splits on punctuation; this adds what it cannot see (camelCase joins, a media
     file extension). Returns ``""`` when the words are the same, so ordinary titles are not indexed twice.
     """
+    if not _MAYBE_DIFFERENT.search(title):
+        return ""
     text = _MEDIA_EXTENSION.sub("", title)
     text = _SEPARATORS.sub(" ", text)
     text = _CAMEL.sub(" ", text)
