@@ -407,6 +407,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         check_admin_settings(settings)  # refuse before opening anything
     instance = _open_project_instance(settings)
     settings = Settings.from_env()  # again: relative paths were made absolute before the chdir
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # the refresh processes: no preview notices either
     serve(settings, instance, admin=args.admin, nats=args.nats)
     return EXIT_OK
 

@@ -55,6 +55,12 @@ def compare_current_with_sqlite(
     else:
         if kv_current.get("snapshot_id") != sqlite_id:
             problems.append(f"KV current snapshot_id {kv_current.get('snapshot_id')} != SQLite {sqlite_id}")
+            if str(sqlite_id) > str(kv_current.get("snapshot_id")):
+                problems.append(
+                    "the live file is newer than KV current: a publish was interrupted between the swap and the "
+                    "compare-and-set of current; the next refresh puts back the file current names "
+                    "(or run `kryten-pipeline rollback --to` current's snapshot id now)"
+                )
         if kv_current.get("item_count") != sqlite_count:
             problems.append(f"KV current item_count {kv_current.get('item_count')} != SQLite rows {sqlite_count}")
         expected_sha = kv_current.get("sqlite_sha256")

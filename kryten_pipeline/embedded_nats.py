@@ -223,7 +223,9 @@ class EmbeddedNats:
     # -- internals ---------------------------------------------------------------------------------
 
     def _make_dir(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.data_dir.is_dir():
+            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o750, exist_ok=True)  # as snapshot_db.DIR_MODE: no world access
         self.nats_dir.mkdir(mode=0o700, exist_ok=True)
         # mkdir's mode is filtered by the umask and ignored for an existing dir: make it explicit.
         with contextlib.suppress(PermissionError):

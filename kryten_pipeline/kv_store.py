@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
@@ -41,6 +41,7 @@ from kryten_pipeline.errors import (
     PublishError,
     StaleSnapshotError,
 )
+from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.namespaces import validate_namespace
 from kryten_pipeline.settings import Settings
 from kryten_pipeline.snapshot_id import is_snapshot_id
@@ -64,6 +65,7 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 BUCKET_HISTORY = 10
 MAX_CAS_ATTEMPTS = 10
+TRANSIENT_RETRY_WAITS = (0.5, 1.0, 2.0)  # seconds before each retry after a NATS outage or a lost answer
 KEYS_TIMEOUT_SECONDS = 30.0
 
 # Everything nats-py raises for a failed request: its own errors (timeouts, no responders, closed
@@ -307,6 +309,7 @@ class SnapshotStore:
         self.bucket = bucket
         self.replicas = replicas  # used only when this store creates the bucket
         self._kv: KeyValue | None = None
+        self._max_value_size = -1  # the bucket's limit on one value, -1: none
 
     async def ensure_bucket(self) -> KeyValue:
         """Bind to the bucket, creating it (history 10, ``replicas`` copies) if it does not exist."""
@@ -328,6 +331,7 @@ class SnapshotStore:
                         kv = await self._js.key_value(self.bucket)
                     except BucketNotFoundError:
                         raise self._creation_error(exc) from None
+            self._max_value_size = await self._check_config(kv)
         except InvalidBucketNameError:
             raise ConfigurationError(
                 f"invalid NATS KV bucket name {self.bucket!r} (letters, digits, '_' and '-' only)",
@@ -344,6 +348,21 @@ class SnapshotStore:
             ) from exc
         self._kv = kv
         return kv
+
+    async def _check_config(self, kv: KeyValue) -> int:
+        """Refuse a bucket (created beforehand, by someone else) whose configuration would lose the record;
+        return its value size limit. History 1 is fine: compare-and-set needs only the last revision."""
+        status = await kv.status()
+        config = status.stream_info.config
+        if status.ttl:
+            raise ConfigurationError(
+                f"NATS KV bucket {self.bucket!r} expires values after {status.ttl:g} s: the snapshot records and "
+                f"current would vanish. Use a bucket without TTL (delete this one and let kryten-pipeline create "
+                f"it, or name another one)", setting="KRYTEN_KV_BUCKET",
+            )
+        if str(getattr(config.storage, "value", config.storage)) == "memory":
+            logger.warning("NATS KV bucket %s keeps values in memory only: a NATS restart loses current", self.bucket)
+        return int(config.max_msg_size or -1)
 
     def _creation_error(self, exc: APIError) -> ConfigurationError | NatsUnavailableError:
         reason = exc.description or _describe(exc)
@@ -413,11 +432,30 @@ class SnapshotStore:
         ckey = current_key(namespace)
         data = encode_value(value)
         kv = await self._writable_bucket(skey)
+        if 0 < self._max_value_size < len(data):
+            raise PublishError(
+                f"the value of {skey} has {len(data)} bytes but NATS KV bucket {self.bucket!r} accepts at most "
+                f"{self._max_value_size} (it was created with a max value size); current was not changed. Raise its "
+                f"limit or use another bucket", setting="KRYTEN_KV_BUCKET",
+            )
 
+        fault_point("kv.before_snapshot_record")
         snapshot_revision = await self._create_snapshot_record(kv, skey, data)
+        fault_point("kv.after_snapshot_record")
 
-        for _attempt in range(MAX_CAS_ATTEMPTS):
-            state = await self._read_current_or_fail(ckey, PublishError, after=skey)
+        # A NATS restart or a lost answer between here and the compare-and-set is retried: reading current
+        # is idempotent, and so is the CAS — it names the revision it read, and a CAS that went through
+        # unconfirmed is recognised on the next read (current then names this very snapshot).
+        waits = list(TRANSIENT_RETRY_WAITS)
+        for _attempt in range(MAX_CAS_ATTEMPTS + len(waits)):
+            try:
+                state = await self._fetch_current(ckey)
+            except _NATS_FAILURES as exc:
+                if waits and _transient(exc):
+                    await asyncio.sleep(waits.pop(0))
+                    continue
+                raise PublishError(f"reading {ckey} failed: {_describe(exc)}; {skey} is recorded, current was not "
+                                   "changed", setting="NATS_URL") from exc
             previous_id = state.value.get("snapshot_id") if state.value is not None else None
             if state.value is not None and not isinstance(previous_id, str):
                 raise PublishError(
@@ -433,19 +471,26 @@ class SnapshotStore:
                 return PublishResult(skey, snapshot_revision, state.cas_revision, previous_id, already_current=True)
             try:
                 # cas_revision 0 means "must not exist"; a delete marker's revision lets us replace it.
+                fault_point("kv.before_current_cas")
                 current_revision = await kv.update(ckey, data, last=state.cas_revision)
+                fault_point("kv.after_current_cas")
             except KeyWrongLastSequenceError:
                 logger.debug("%s changed while publishing %s; re-reading", ckey, snapshot_id)
                 continue
-            except TimeoutError as exc:
-                raise PublishError(
-                    f"moving {ckey} to {snapshot_id} was not confirmed ({_describe(exc)}); {skey} is recorded "
-                    f"but current may or may not have moved: check it before retrying (a retry is safe)"
-                ) from exc
             except _NATS_FAILURES as exc:
+                if waits and _transient(exc):
+                    logger.debug("moving %s: %s; re-reading and retrying", ckey, _describe(exc))
+                    await asyncio.sleep(waits.pop(0))
+                    continue
+                if isinstance(exc, TimeoutError):
+                    raise PublishError(
+                        f"moving {ckey} to {snapshot_id} was not confirmed ({_describe(exc)}); {skey} is recorded "
+                        f"but current may or may not have moved: check it before retrying (a retry is safe)",
+                        setting="NATS_URL",
+                    ) from exc
                 raise PublishError(
                     f"moving {ckey} to {snapshot_id} failed: {_describe(exc)}; {skey} is recorded, "
-                    f"current was not changed"
+                    f"current was not changed", setting="NATS_URL",
                 ) from exc
             return PublishResult(skey, snapshot_revision, current_revision, previous_id)
         raise PublishError(
@@ -515,12 +560,17 @@ class SnapshotStore:
             raise PublishError(f"cannot write {key}: {exc}; current was not changed", setting="NATS_URL") from exc
 
     async def _create_snapshot_record(self, kv: KeyValue, skey: str, data: bytes) -> int:
-        try:
-            return await kv.create(skey, data)
-        except KeyWrongLastSequenceError:
-            pass  # exists already: fine if it is this very value (a retried publish)
-        except _NATS_FAILURES as exc:
-            raise PublishError(f"writing {skey} failed: {_describe(exc)}; current was not changed") from exc
+        waits = list(TRANSIENT_RETRY_WAITS)
+        while True:
+            try:
+                return await kv.create(skey, data)
+            except KeyWrongLastSequenceError:
+                break  # exists already: fine if it is this very value (a retried publish, or a lost answer)
+            except _NATS_FAILURES as exc:
+                if waits and _transient(exc):
+                    await asyncio.sleep(waits.pop(0))
+                    continue
+                self._raise_write_error(skey, exc)
         try:
             existing = await kv.get(skey)
         except _NATS_FAILURES as exc:
@@ -532,6 +582,15 @@ class SnapshotStore:
                 f"{skey} already exists with different content (a snapshot id must be unique); current was not changed"
             )
         return existing.revision or 0
+
+    def _raise_write_error(self, skey: str, exc: BaseException) -> NoReturn:
+        limit = isinstance(exc, APIError) and "maximum" in str(exc.description or "")
+        raise PublishError(
+            f"writing {skey} failed: {_describe(exc)}; current was not changed"
+            + (f" (the configuration of bucket {self.bucket!r} refuses it: raise its limits or use another bucket)"
+               if limit else ""),
+            setting="KRYTEN_KV_BUCKET" if limit else "NATS_URL",
+        ) from exc
 
     async def _fetch_current(self, key: str) -> _CurrentState:
         kv = await self.ensure_bucket()
@@ -554,6 +613,17 @@ class SnapshotStore:
                 done = f"{after} is recorded, " if after else ""
                 raise PublishError(f"reading {key} failed: {_describe(exc)}; {done}current was not changed") from exc
             raise NatsUnavailableError(f"reading KV key {key} failed: {_describe(exc)}", setting="NATS_URL") from exc
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure a retry may cure: a lost answer, a connection being re-established, JetStream still starting."""
+    if isinstance(exc, APIError) and not isinstance(exc, ServiceUnavailableError):
+        return False  # the server answered: a retry gets the same answer
+    if isinstance(exc, ServiceUnavailableError) and "maximum" in str(exc.description or ""):
+        return False  # a bucket limit, not an outage
+    return isinstance(exc, (TimeoutError, OSError, nats.errors.ConnectionClosedError,
+                            nats.errors.ConnectionReconnectingError, nats.errors.NoRespondersError,
+                            nats.errors.StaleConnectionError, ServiceUnavailableError))
 
 
 def _describe(exc: BaseException) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from kryten_pipeline.errors import SnapshotBuildError, StaleSnapshotError
+from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.namespaces import validate_namespace
 from kryten_pipeline.snapshot_diff import SnapshotDiff, diff_attached
 from kryten_pipeline.snapshot_id import is_snapshot_id
@@ -39,6 +40,8 @@ REQUIRED_META_KEYS = ("snapshot_id", "created_at", "item_count", "schema_version
 DIR_MODE = 0o750
 FILE_MODE = 0o640
 _TMP_RE = re.compile(r"^\.catalog\.(?P<id>[^.]+)\.(?P<pid>\d+)\.tmp\.sqlite3(?:-journal)?$")
+# Other half-written files a killed process can leave: a kept-file copy (no hard links) and a rejects file.
+_SUBDIR_TMP_RE = re.compile(r"^\..+\.(?P<pid>\d+)\.(?:copy|tmp)$")
 _BATCH_SIZE = 5000
 
 _DDL = """
@@ -131,7 +134,13 @@ def kept_snapshot_path(data_dir: Path, namespace: str, snapshot_id: str) -> Path
 
 
 def ensure_dir(path: Path) -> Path:
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    """Create ``path`` (and missing parents: the data dir itself) with ``DIR_MODE``: no world access.
+    (``mkdir(parents=True)`` would give the parents the default 0o777 & ~umask.)"""
+    path = Path(path)
+    if not path.is_dir():
+        if not path.parent.exists():
+            ensure_dir(path.parent)
+        path.mkdir(mode=DIR_MODE, exist_ok=True)
     return path
 
 
@@ -169,11 +178,13 @@ def build_snapshot_db(
     try:
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
         os.close(fd)
+        fault_point("build.tmp_created")
         conn = sqlite3.connect(tmp, isolation_level=None)
         try:
             counts = _load(conn, rows, snapshot_id=snapshot_id, created_at=created_at, timings=timings)
             item_count, category_count, membership_count = counts
             diff = _diff_against(conn, compare_with, snapshot_id, timings)
+            fault_point("build.after_diff")
             meta = {
                 "snapshot_id": snapshot_id,
                 "created_at": created_at,
@@ -191,6 +202,7 @@ def build_snapshot_db(
                 [(key, _meta_text(value)) for key, value in meta.items()],
             )
             conn.execute("PRAGMA journal_mode=DELETE")
+            fault_point("build.after_meta")
         finally:
             conn.close()
         t0 = time.perf_counter()
@@ -198,14 +210,17 @@ def build_snapshot_db(
         timings["verify_s"] = round(time.perf_counter() - t0, 3)
         if not report.passed:
             raise SnapshotBuildError("snapshot failed verification: " + "; ".join(report.problems))
+        fault_point("build.after_verify")
         _fsync_file(tmp)
+        fault_point("build.after_fsync")
         sha256 = file_sha256(tmp)
     except SnapshotBuildError:
         _unlink_quietly(tmp)
         raise
     except (sqlite3.Error, OSError) as exc:
         _unlink_quietly(tmp)
-        hint = " (is the disk full?)" if isinstance(exc, OSError) and exc.errno == errno.ENOSPC else ""
+        disk_full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc)
+        hint = " (is the disk full?)" if disk_full else ""
         raise SnapshotBuildError(
             f"could not build the SQLite snapshot in {ns_dir}: {exc}{hint}", setting="KRYTEN_DATA_DIR"
         ) from exc
@@ -249,6 +264,7 @@ def _load(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], *, snapshot
     conn.execute("PRAGMA cache_size=-65536")
     conn.create_function("kryten_readable_title", 1, readable_title, deterministic=True)
     conn.executescript(_DDL)
+    fault_point("build.after_ddl")
     t0 = time.perf_counter()
     categories: set[str] = set()
     item_count = membership_count = 0
@@ -267,9 +283,11 @@ def _load(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], *, snapshot
     item_count, membership_count = _flush(conn, batch, links, item_count, membership_count)
     conn.executemany("INSERT INTO catalog_category(category) VALUES (?)", ((c,) for c in sorted(categories)))
     conn.execute("COMMIT")
+    fault_point("build.after_load_commit")
     timings["load_s"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
     conn.executescript(_POST_LOAD)
+    fault_point("build.after_fts")
     timings["index_s"] = round(time.perf_counter() - t0, 3)
     return item_count, len(categories), membership_count
 
@@ -278,6 +296,7 @@ def _flush(conn: sqlite3.Connection, batch: list[tuple[Any, ...]], links: list[t
            item_count: int, membership_count: int) -> tuple[int, int]:
     conn.executemany("INSERT INTO catalog_item VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch)
     conn.executemany("INSERT INTO catalog_item_category(video_id, category) VALUES (?, ?)", links)
+    fault_point("build.load_batch")  # rows inserted, transaction still open
     item_count += len(batch)
     membership_count += len(links)
     batch.clear()
@@ -379,6 +398,7 @@ def install_snapshot(built: BuiltSnapshot, *, data_dir: Path, keep: int,
     live = live_db_path(data_dir, built.namespace)
     kept = kept_snapshot_path(data_dir, built.namespace, built.snapshot_id)
     with namespace_lock(data_dir, built.namespace):
+        fault_point("install.locked")
         live_meta = _safe_meta(live)
         previous = live_meta.get("snapshot_id") if live_meta else None
         if previous and previous > built.snapshot_id:
@@ -388,10 +408,15 @@ def install_snapshot(built: BuiltSnapshot, *, data_dir: Path, keep: int,
             )
         ensure_dir(kept.parent)
         _link_or_copy(built.path, kept)
+        fault_point("install.after_link")
         os.replace(built.path, live)
+        fault_point("install.after_replace")
         _fsync_dir(live.parent)
+        fault_point("install.after_dir_fsync")
+        # The previous live snapshot is what KV current names until the publish moves it: its kept file
+        # must outlive this swap (a failed or interrupted publish swaps it back); retention prunes it later.
         pruned = prune_kept_snapshots(data_dir, built.namespace, keep=keep,
-                                      protect={built.snapshot_id, *(p for p in protect if p)})
+                                      protect={built.snapshot_id, previous, *(p for p in protect if p)})
     return InstalledSnapshot(live_path=live, snapshot_file=kept, previous_snapshot_id=previous, pruned=pruned)
 
 
@@ -411,6 +436,19 @@ def install_kept_snapshot(data_dir: Path, namespace: str, snapshot_id: str) -> I
         os.replace(tmp, live)
         _fsync_dir(live.parent)
     return InstalledSnapshot(live, kept, live_meta.get("snapshot_id") if live_meta else None, [])
+
+
+def withdraw_live_snapshot(data_dir: Path, namespace: str, snapshot_id: str) -> bool:
+    """Remove the live file if it holds ``snapshot_id`` (a first publish that failed: there was none before).
+    Its kept copy stays. Readers that have it open keep reading it; new ones find no snapshot, as before."""
+    live = live_db_path(data_dir, namespace)
+    with namespace_lock(data_dir, namespace):
+        meta = _safe_meta(live)
+        if not meta or meta.get("snapshot_id") != snapshot_id:
+            return False
+        live.unlink()
+        _fsync_dir(live.parent)
+    return True
 
 
 def list_kept_snapshots(data_dir: Path, namespace: str) -> list[str]:
@@ -434,6 +472,7 @@ def prune_kept_snapshots(data_dir: Path, namespace: str, *, keep: int, protect: 
         if snapshot_id in protected:
             continue
         _unlink_quietly(kept_snapshot_path(data_dir, namespace, snapshot_id))
+        fault_point("prune.file_deleted")
         removed.append(snapshot_id)
     return removed
 
@@ -449,6 +488,14 @@ def remove_stale_temp_files(data_dir: Path, namespace: str) -> list[str]:
         if match and not _pid_alive(int(match["pid"])):
             _unlink_quietly(path)
             removed.append(path.name)
+    for sub in ("snapshots", "rejects"):
+        if not (folder / sub).is_dir():
+            continue
+        for path in (folder / sub).iterdir():
+            match = _SUBDIR_TMP_RE.match(path.name)
+            if match and not _pid_alive(int(match["pid"])):
+                _unlink_quietly(path)
+                removed.append(f"{sub}/{path.name}")
     return removed
 
 

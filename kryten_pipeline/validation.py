@@ -21,6 +21,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from kryten_pipeline.catalog_item import CatalogItem, SourceReject
+from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.manifest import VIDEO_ID_PATTERN, build_manifest_url, is_valid_video_id
 
 MAX_TITLE_LENGTH = 1000
@@ -259,6 +260,7 @@ def validate_items(
     total = count + source_reject_count
 
     typed, failures = _coerce_columns(columns, manifest_base)
+    fault_point("validate.coerced")
     frame = _typed_frame(typed)
     if failures:
         # Rows with a type problem are rejected for it; the schema judges the rest.
@@ -277,6 +279,7 @@ def validate_items(
         record = {name: columns[name][index] for name in _ITEM_FIELDS}
         rejects.append(RejectedRow(index + 1, _short_id(record["video_id"]), reasons, _clip_record(record)))
         reason_counts.update(_reason_code(r) for r in reasons)
+    fault_point("validate.schema_checked")
     if failures:
         frame = frame.drop(index=[i for i in failures if i in frame.index])
     # Only whole rows were dropped and duplicates keep their first occurrence, so what is left passes as a
@@ -325,14 +328,16 @@ def check_thresholds(
 
 def write_rejects_file(path: Path, rejects: Iterable[RejectedRow]) -> int:
     """Write one JSON line per rejected row (atomically) and return how many were written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     count = 0
-    with tmp.open("w", encoding="utf-8") as handle:
+    # Rejected records are catalog data: no world access (as the snapshot files).
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640), "w", encoding="utf-8") as handle:
         for reject in rejects:
             handle.write(reject.to_json())
             handle.write("\n")
             count += 1
+            fault_point("validate.rejects_partial")
     os.replace(tmp, path)
     return count
 

@@ -44,7 +44,8 @@ def test_refresh_status_snapshots_rollback(tmp_path: Path) -> None:
     # The embedded server is stopped when the last command using it ends.
     assert not (tmp_path / "data" / ".nats" / "server.json").exists()
 
-    second = cli(tmp_path, "refresh", "--source", "fake", "--json")
+    # Another source replaces every item: the removal guard would refuse it without --allow-removals.
+    second = cli(tmp_path, "refresh", "--source", "fake", "--json", "--allow-removals")
     assert second.returncode == 0, second.stderr
     summary = json.loads(second.stdout)
     assert summary["success"] and summary["counts"]["valid"] == 250 and summary["snapshot_id"] > first_id

@@ -19,6 +19,7 @@ from kryten_pipeline.snapshot_db import (
     list_kept_snapshots,
     live_db_path,
     open_readonly,
+    prune_kept_snapshots,
     read_snapshot_meta,
     remove_stale_temp_files,
     verify_snapshot_db,
@@ -135,6 +136,10 @@ def test_retention_keeps_the_newest_n_and_rollback_swaps_a_kept_file(tmp_path: P
     assert read_snapshot_meta(live_db_path(tmp_path, "default"))["snapshot_id"] == ids[2]
     # The live one is never pruned, even when it is the oldest kept.
     install_snapshot(build(tmp_path, "20251218T200000Z-bbbbbb"), data_dir=tmp_path, keep=1)
+    # The previous live one survives the swap (KV current still names it until the publish moves it, and a
+    # failed or interrupted publish swaps it back); retention after the publish prunes it.
+    assert list_kept_snapshots(tmp_path, "default") == [ids[2], "20251218T200000Z-bbbbbb"]
+    assert prune_kept_snapshots(tmp_path, "default", keep=1) == [ids[2]]
     assert list_kept_snapshots(tmp_path, "default") == ["20251218T200000Z-bbbbbb"]
 
 

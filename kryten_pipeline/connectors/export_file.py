@@ -19,6 +19,7 @@ from typing import Any
 
 from kryten_pipeline.catalog_item import CatalogItem, SourceReject
 from kryten_pipeline.errors import ConfigurationError, SourceError
+from kryten_pipeline.fault_points import fault_point
 
 SAMPLE_EXPORT_NAME = "sample_catalog.jsonl"
 _ALIASES = {
@@ -205,6 +206,7 @@ class ExportFileConnector:
                 continue
             count += 1
             yield record_to_item(record)
+            fault_point("fetch.export.record")
             if position % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # let other tasks (progress, cancellation) run on huge files
         if count == 0 and not self.source_rejects:

@@ -9,6 +9,7 @@ from typing import Any
 
 from kryten_pipeline.catalog_item import CatalogItem, SourceReject
 from kryten_pipeline.errors import SourceError
+from kryten_pipeline.fault_points import fault_point
 
 FAKE_CATEGORIES = (
     "Music", "Live", "Anime", "Documentary", "Comedy", "Science", "Gaming", "Sports", "News", "Kids",
@@ -56,6 +57,7 @@ class FakeConnector:
                     setting="KRYTEN_FAKE_FAIL_AFTER",
                 )
             yield self.item(index)
+            fault_point("fetch.fake.item")
             if index % 5000 == 4999:
                 await asyncio.sleep(0)
         self.stats = {"records": self.count}

@@ -24,8 +24,10 @@ from kryten_pipeline.dagster_defs.resources import (
     kryten_settings,
 )
 from kryten_pipeline.errors import KrytenError, SnapshotBuildError, StaleSnapshotError, ValidationThresholdError
-from kryten_pipeline.kv_store import current_key, snapshot_key, snapshot_store
+from kryten_pipeline.fault_points import fault_point
+from kryten_pipeline.kv_store import CurrentEntry, PublishResult, current_key, snapshot_key, snapshot_store
 from kryten_pipeline.manifest import manifest_base_from
+from kryten_pipeline.recovery import Reconciliation, reconcile_live_with_current
 from kryten_pipeline.settings import Settings
 from kryten_pipeline.snapshot_db import (
     build_snapshot_db,
@@ -36,6 +38,7 @@ from kryten_pipeline.snapshot_db import (
     namespace_dir,
     read_snapshot_meta,
     rows_from_frame,
+    withdraw_live_snapshot,
 )
 from kryten_pipeline.snapshot_diff import KINDS, SnapshotDiff
 from kryten_pipeline.snapshot_id import iso_utc, new_snapshot_id
@@ -72,6 +75,11 @@ class RawCatalog:
         return len(self.columns["video_id"])
 
 
+async def _reconcile(settings: Settings, namespace: str) -> Reconciliation:
+    async with snapshot_store(settings) as store:
+        return await reconcile_live_with_current(store, settings.data_dir, namespace)
+
+
 async def _collect(connector: CatalogConnector) -> ItemColumns:
     columns = empty_columns()
     async for item in connector.iter_catalog_items():
@@ -95,18 +103,26 @@ def _progress_logger(context: dg.AssetExecutionContext) -> Any:
     description="Every item of the configured catalog source (KRYTEN_SOURCE), read through its connector.",
 )
 def raw_catalog(
-    context: dg.AssetExecutionContext, pipeline: PipelineResource, catalog_source: CatalogSourceResource
+    context: dg.AssetExecutionContext, pipeline: PipelineResource, catalog_source: CatalogSourceResource,
+    nats: NatsResource,
 ) -> dg.Output[RawCatalog]:
     namespace = context.partition_key
+    fault_point("step.raw_catalog.start")
     try:
-        settings = kryten_settings(pipeline, catalog_source)
+        settings = kryten_settings(pipeline, catalog_source, nats)
         connector = make_connector(settings, namespace=namespace, progress=_progress_logger(context))
+        # Under the refresh lock: undo what a killed refresh or rollback left half done (kryten_pipeline.recovery);
+        # this also fails the run early, before any build, when NATS cannot be reached.
+        recovery = asyncio.run(_reconcile(settings, namespace))
+        if recovery.action != "none":
+            context.log.warning(f"recovery: {recovery.detail}")
         context.log.info(f"reading catalog of namespace {namespace!r} from {connector.label}")
         started = time.perf_counter()
         columns = asyncio.run(_collect(connector))
     except KrytenError as exc:
         raise failure(exc, namespace=namespace) from exc
     elapsed = time.perf_counter() - started
+    fault_point("fetch.done")
     raw = RawCatalog(namespace, connector.label, columns, list(connector.source_rejects), dict(connector.stats))
     records = raw.item_count + len(raw.source_rejects)
     metadata: dict[str, Any] = {
@@ -116,8 +132,11 @@ def raw_catalog(
         "source_rejects": len(raw.source_rejects),
         "wall_time_s": round(elapsed, 3),
         "items_per_s": round(records / elapsed, 1) if elapsed > 0 else 0.0,
+        "recovery": recovery.detail or recovery.action,
         **scalar_metadata(raw.stats, prefix="source."),
     }
+    if recovery.removed_temp_files:
+        metadata["removed_temp_files"] = dg.MetadataValue.json(recovery.removed_temp_files)
     context.log.info(
         f"read {raw.item_count} items ({len(raw.source_rejects)} unreadable records) in {elapsed:.2f} s"
     )
@@ -148,6 +167,7 @@ def validated_items(
     catalog_source: CatalogSourceResource,
 ) -> Any:
     namespace = context.partition_key
+    fault_point("step.validated_items.start")
     try:
         settings = kryten_settings(pipeline, catalog_source)
         manifest_base = manifest_base_from(settings.mediacms_url, settings.manifest_base_url)
@@ -181,6 +201,7 @@ def validated_items(
         f"{result.accepted_count} valid, {result.rejected_count} rejected of {result.total} "
         f"({result.reject_ratio:.2%}) in {elapsed:.2f} s"
     )
+    fault_point("validate.done")
     yield dg.Output(frame, metadata=metadata)
     yield dg.AssetCheckResult(
         check_name="schema_and_reject_ratio",
@@ -225,6 +246,7 @@ def sqlite_snapshot(
     context: dg.AssetExecutionContext, validated_items: pd.DataFrame, pipeline: PipelineResource
 ) -> Any:
     namespace = context.partition_key
+    fault_point("step.sqlite_snapshot.start")
     settings = kryten_settings(pipeline)
     now = datetime.now(UTC)
     live_meta = read_snapshot_meta(live_db_path(settings.data_dir, namespace))
@@ -288,6 +310,7 @@ def sqlite_snapshot(
     except (StaleSnapshotError, OSError) as exc:
         error = exc if isinstance(exc, KrytenError) else SnapshotBuildError(f"swap failed: {exc}")
         raise failure(error, namespace=namespace) from exc
+    fault_point("step.sqlite_snapshot.swapped")
     context.log.info(
         f"snapshot {built.snapshot_id}: {built.item_count} items, {built.category_count} categories, "
         f"swapped in at {installed.live_path} (previous: {installed.previous_snapshot_id or 'none'})"
@@ -360,18 +383,26 @@ def kv_published(
     nats: NatsResource,
 ) -> dg.Output[dict[str, Any]]:
     namespace = context.partition_key
+    fault_point("step.kv_published.start")
     settings = kryten_settings(pipeline, nats)
     value = kv_value(sqlite_snapshot, run_id=context.run_id)
     try:
         result = asyncio.run(_publish(settings, namespace, value))
     except KrytenError as exc:
-        restored = _restore_previous_live(settings, sqlite_snapshot, context)
-        raise failure(exc, namespace=namespace, live_file_restored=restored) from exc
+        moved = _current_if_it_names(settings, namespace, value["snapshot_id"])
+        if moved is None:
+            restored = _restore_previous_live(settings, sqlite_snapshot, context)
+            raise failure(exc, namespace=namespace, live_file_restored=restored) from exc
+        # The compare-and-set went through but its answer was lost: current names the live file, as it must.
+        context.log.warning(f"publish reported an error, yet current names {value['snapshot_id']}: {exc}")
+        result = PublishResult(snapshot_key(namespace, value["snapshot_id"]), 0, moved.revision,
+                               sqlite_snapshot.get("previous_snapshot_id"))
     context.log.info(
         f"published {value['snapshot_id']} as {current_key(namespace)} (revision {result.current_revision}); "
         f"previous current: {result.previous_snapshot_id or 'none'}"
     )
     retention = _apply_retention(settings, namespace, context)
+    fault_point("step.kv_published.end")
     return dg.Output(
         value,
         metadata={
@@ -440,13 +471,35 @@ async def _publish(settings: Settings, namespace: str, value: dict[str, Any]) ->
         return await store.publish_snapshot(namespace, value)
 
 
+def _current_if_it_names(settings: Settings, namespace: str, snapshot_id: str) -> CurrentEntry | None:
+    """After a failed publish: KV current if it names ``snapshot_id`` anyway (an unconfirmed CAS that went
+    through), else None — also when it cannot be read: then the previous file goes back, and should current
+    have moved after all, the next refresh's recovery (kryten_pipeline.recovery) puts its file back."""
+
+    async def read() -> CurrentEntry | None:
+        async with snapshot_store(settings) as store:
+            return await store.read_current(namespace)
+
+    try:
+        entry = asyncio.run(read())
+    except KrytenError:
+        return None
+    return entry if entry is not None and entry.snapshot_id == snapshot_id else None
+
+
 def _restore_previous_live(settings: Settings, snapshot: dict[str, Any], context: dg.AssetExecutionContext) -> bool:
     """After a failed publish, put the previous live file back so `current` and the live file agree."""
     previous = snapshot.get("previous_snapshot_id")
     namespace = snapshot["namespace"]
     live_meta = read_snapshot_meta(live_db_path(settings.data_dir, namespace))
-    if not previous or not live_meta or live_meta.get("snapshot_id") != snapshot["snapshot_id"]:
+    if not live_meta or live_meta.get("snapshot_id") != snapshot["snapshot_id"]:
         return False
+    if not previous:
+        # There was no (readable) live file before this run: withdrawing it restores exactly that state.
+        withdrawn = withdraw_live_snapshot(settings.data_dir, namespace, snapshot["snapshot_id"])
+        if withdrawn:
+            context.log.warning(f"publish failed: live file {snapshot['snapshot_id']} withdrawn (there was none)")
+        return withdrawn
     if not kept_snapshot_path(settings.data_dir, namespace, previous).exists():
         return False
     try:
@@ -454,6 +507,7 @@ def _restore_previous_live(settings: Settings, snapshot: dict[str, Any], context
     except (KrytenError, OSError) as exc:
         context.log.error(f"could not restore previous live snapshot {previous}: {exc}")
         return False
+    fault_point("restore.after_swap_back")
     context.log.warning(f"publish failed: live file restored to previous snapshot {previous}")
     return True
 

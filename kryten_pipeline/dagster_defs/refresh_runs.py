@@ -16,7 +16,9 @@ import dagster as dg
 from dagster._core.utils import make_new_run_id
 
 from kryten_pipeline.dagster_defs.partitions import register_namespaces, registered_namespaces
+from kryten_pipeline.dagster_defs.run_liveness import fail_runs_of_dead_processes, process_tags
 from kryten_pipeline.errors import ConfigurationError
+from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.settings import Settings
 
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -52,6 +54,7 @@ def execute_refresh(
         from kryten_pipeline.definitions import defs as definitions
 
     job = definitions.resolve_job_def(REFRESH_JOB_NAME)
+    fail_runs_of_dead_processes(instance, namespace)  # a killed earlier refresh must not look running forever
     run_id = run_id or make_new_run_id()
     reporter = RunProgress(instance, run_id, progress)
     started = time.perf_counter()
@@ -59,10 +62,11 @@ def execute_refresh(
     try:
         result = job.execute_in_process(
             instance=instance, partition_key=namespace, run_id=run_id, raise_on_error=False,
-            tags=dict(tags or {}), run_config=QUIET_RUN_CONFIG,
+            tags={**process_tags(), **(tags or {})}, run_config=QUIET_RUN_CONFIG,
         )
     finally:
         reporter.stop()
+    fault_point("run.finished")
     summary = summarize_run(instance, run_id, namespace)
     summary["wall_time_s"] = round(time.perf_counter() - started, 3)
     summary["success"] = bool(result.success)
@@ -111,9 +115,10 @@ class RunProgress:
         event = record.dagster_event
         if event is None:
             message = record.user_message or ""
-            if record.level < logging.INFO or not record.step_key or not message:
+            if record.level < logging.INFO or not message:
                 return None  # IO-manager chatter is DEBUG; the steps' own messages are INFO and up
-            return f"    {record.step_key}: {message}"
+            # No step: a resource's message, e.g. "waiting for another refresh of namespace … to finish".
+            return f"    {record.step_key}: {message}" if record.step_key else f"  … {message}"
         kind = event.event_type_value
         step = event.step_key or ""
         if kind == "STEP_START":
