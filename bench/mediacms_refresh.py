@@ -292,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds the fake server takes per answer (0: as fast as it can; a real MediaCMS "
                              "takes tens of ms per page)")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--with-db", action="store_true",
+                        help="also run the mediacms-db source at the largest size (bench/mediacms_db_bench.py): "
+                             "the same catalog size read straight from PostgreSQL")
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONHASHSEED", "0")
     results = []
@@ -301,6 +304,11 @@ def main(argv: list[str] | None = None) -> None:
                             latency=args.latency)
         print_report(result)
         results.append(result)
+    if args.with_db:
+        db = subprocess.run([sys.executable, str(Path(__file__).with_name("mediacms_db_bench.py")),
+                             "--media", str(max(args.sizes)), "--repeat", "1"],
+                            capture_output=True, text=True, check=False)
+        print(f"mediacms-db at {max(args.sizes)} media:", db.stdout.strip() or db.stderr.strip()[-500:])
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
 
