@@ -10,21 +10,41 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kryten_pipeline.snapshot_db import open_readonly
+from kryten_pipeline.snapshot_db import FTS_TOKENIZER, open_readonly
 
-_WORD = re.compile(r"\w", re.UNICODE)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_TOKENS = re.compile(r"[^\W_]+", re.UNICODE)
+_CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")  # and lone surrogates: no UTF-8 form, never indexed
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_TOKENIZERS = threading.local()
 # Column weights for bm25: video_id (unindexed), title, title_alt, categories.
 _BM25 = "bm25(catalog_fts, 0.0, 10.0, 6.0, 2.0)"
 
 
 def _quote(term: str) -> str:
     return '"' + term.replace('"', '""') + '"'
+
+
+def fts_tokens(text: str) -> list[str]:
+    """The tokens FTS5 makes of ``text`` with the snapshot's tokenizer, in order.
+
+    Asked of SQLite itself (an in-memory FTS5 table, one per thread): its Unicode tables are not Python's.
+    Private-use, unassigned and recently assigned code points are tokens to SQLite but not ``\\w`` to Python,
+    and a few letters the other way round — a word judged by Python could be unfindable, or an empty phrase
+    that makes ``AND`` match nothing.
+    """
+    conn = getattr(_TOKENIZERS, "conn", None)
+    if conn is None:
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        conn.execute(f"CREATE VIRTUAL TABLE t USING fts5(x, tokenize = '{FTS_TOKENIZER}')")
+        conn.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
+        _TOKENIZERS.conn = conn
+    conn.execute("DELETE FROM t")
+    conn.execute("INSERT INTO t(x) VALUES (?)", (text,))
+    return [row[0] for row in conn.execute("SELECT term FROM v ORDER BY offset")]
 
 
 def build_match_query(text: str) -> str | None:
@@ -35,10 +55,10 @@ def build_match_query(text: str) -> str | None:
     parts = re.split(r'"([^"]*)"', text) if text.count('"') >= 2 else [text]
     for position, part in enumerate(parts):
         if position % 2 == 1:
-            if _WORD.search(part):
+            if fts_tokens(part):
                 phrases.append(_quote(" ".join(part.split())))
         else:
-            phrases.extend(_quote(word) for word in part.replace('"', " ").split() if _WORD.search(word))
+            phrases.extend(_quote(word) for word in part.replace('"', " ").split() if fts_tokens(word))
     if not phrases:
         return None
     last_open = not text.rstrip().endswith('"') and not text[-1:].isspace()
@@ -69,6 +89,8 @@ def search_catalog(
     Each category filter narrows the result (an item must be in all of them).
     """
     limit = max(1, min(int(limit), 1000))
+    if any(_SURROGATE.search(c) for c in categories or []):
+        return []  # no stored category holds a lone surrogate (it has no UTF-8 form)
     match = build_match_query(query) if query else None
     if match is None and query.strip() and not categories:
         return []  # only punctuation: nothing to search for
@@ -80,7 +102,7 @@ def search_catalog(
         # A category narrows the FTS5 match itself (its words in the `categories` column, a cheap doclist
         # intersection), then membership is checked exactly per remaining row.
         category_match = "".join(
-            f" AND categories : {_quote(' '.join(_TOKENS.findall(c)))}" for c in categories or [] if _TOKENS.search(c)
+            f" AND categories : {_quote(_CONTROL.sub(' ', c))}" for c in categories or [] if fts_tokens(c)
         )
         exact = "".join(
             " AND EXISTS (SELECT 1 FROM catalog_item i2 JOIN catalog_item_category c ON c.video_id = i2.video_id"

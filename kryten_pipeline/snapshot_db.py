@@ -64,13 +64,15 @@ CREATE TABLE catalog_item_category(
 CREATE TABLE snapshot_meta(key TEXT PRIMARY KEY, value TEXT);
 """
 
+# The FTS5 tokenizer of catalog_fts; search.py tokenizes query words with the very same one.
+FTS_TOKENIZER = "unicode61 remove_diacritics 2"
 # Indexes and the FTS5 index are built once, after the bulk load: much faster than per-row upkeep.
-_POST_LOAD = """
+_POST_LOAD = f"""
 CREATE INDEX idx_catalog_item_title ON catalog_item(title);
 CREATE INDEX idx_catalog_item_category_category ON catalog_item_category(category, video_id);
 CREATE VIRTUAL TABLE catalog_fts USING fts5(
     video_id UNINDEXED, title, title_alt, categories,
-    tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3'
+    tokenize = '{FTS_TOKENIZER}', prefix = '2 3'
 );
 INSERT INTO catalog_fts(rowid, video_id, title, title_alt, categories)
     SELECT rowid, video_id, title, kryten_readable_title(title),

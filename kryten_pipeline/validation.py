@@ -27,6 +27,8 @@ from kryten_pipeline.manifest import VIDEO_ID_PATTERN, build_manifest_url, is_va
 MAX_TITLE_LENGTH = 1000
 COLUMNS = ["video_id", "title", "categories", "duration_seconds", "thumbnail_url", "manifest_url"]
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# A lone surrogate (e.g. "\ud800" from a JSON file) has no UTF-8 form: SQLite could not store it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _ABSOLUTE_URL = r"^https?://[^\s/?#]+[^\s]*$"
 
 
@@ -87,10 +89,23 @@ class RejectedRow:
     record: dict[str, Any] | str
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"row": self.row, "video_id": self.video_id, "reasons": self.reasons, "record": self.record},
-            ensure_ascii=False, default=str,
-        )
+        """One line of strict JSON: NaN and ±Infinity (not JSON) become strings, and the Unicode line
+        separators JSON leaves unescaped (U+0085, U+2028, U+2029) are escaped, so no reader splits the line."""
+        value = _strict({"row": self.row, "video_id": self.video_id, "reasons": self.reasons, "record": self.record})
+        text = json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
+        if _SURROGATE.search(text):  # not encodable as UTF-8: escape everything beyond ASCII
+            return json.dumps(value, ensure_ascii=True, default=str, allow_nan=False)
+        return text.replace("\x85", "\\u0085").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {key if isinstance(key, str) else str(key): _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    return value
 
 
 @dataclass(slots=True)
@@ -172,6 +187,8 @@ def _coerce_columns(columns: ItemColumns, manifest_base: str) -> tuple[ItemColum
     titles: list[Any] = []
     for index, value in enumerate(columns["title"]):
         if type(value) is str:
+            if _SURROGATE.search(value):
+                bad(index, "title is not valid Unicode (a lone surrogate)")
             titles.append(value.strip())
         elif value is None:
             titles.append(None)
@@ -184,6 +201,8 @@ def _coerce_columns(columns: ItemColumns, manifest_base: str) -> tuple[ItemColum
         if value is None:
             categories.append([])
         elif isinstance(value, (list, tuple)) and all(type(c) is str for c in value):
+            if any(_SURROGATE.search(c) for c in value):
+                bad(index, "categories are not valid Unicode (a lone surrogate)")
             cleaned = [c.strip() for c in value]
             categories.append(list(dict.fromkeys(c for c in cleaned if c)))
         else:
@@ -218,6 +237,8 @@ def _coerce_columns(columns: ItemColumns, manifest_base: str) -> tuple[ItemColum
     thumbnails: list[Any] = []
     for index, value in enumerate(columns["thumbnail_url"]):
         if type(value) is str:
+            if _SURROGATE.search(value):
+                bad(index, "thumbnail_url is not valid Unicode (a lone surrogate)")
             thumbnails.append(value.strip() or None)
         elif value is None:
             thumbnails.append(None)
