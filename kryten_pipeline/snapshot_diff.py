@@ -79,7 +79,9 @@ def _sample(kind: str, row: tuple[Any, ...]) -> dict[str, Any]:
 
 def diff_snapshot_files(old_path: Path | None, new_path: Path) -> SnapshotDiff:
     """Diff two snapshot files (both opened read-only); ``old_path`` None means "no previous snapshot"."""
-    conn = sqlite3.connect(f"file:{Path(new_path).resolve()}?mode=ro", uri=True)
+    from kryten_pipeline.snapshot_db import open_readonly  # snapshot_db imports this module
+
+    conn = open_readonly(Path(new_path))
     try:
         to_id = _snapshot_id(conn, "main")
         if old_path is None or not Path(old_path).exists():
