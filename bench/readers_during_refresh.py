@@ -3,8 +3,8 @@
     .venv/bin/python bench/readers_during_refresh.py [--items 100000] [--readers 20] [--think-ms 10]
 
 A live snapshot of ``--items`` fake items is installed, then ``--readers`` threads query it continuously as
-the kryten-playlist service would (read-only, ``count(*)`` plus a bm25-ranked FTS5 top 10, reopening the
-file every 5 queries, ``--think-ms`` between queries). After ``--phase-s`` seconds a real refresh starts
+the kryten-playlist service would (read-only, ``count(*)`` plus a bm25-ranked FTS5 top 10 for two words,
+reopening the file every 5 queries, ``--think-ms`` between queries). After ``--phase-s`` seconds a real refresh starts
 (``python -m kryten_pipeline.cli refresh``, embedded nats-server, ``--items`` + 1,000 items); once every
 reader has read the new snapshot they go on for another ``--phase-s`` seconds. Prints, per phase, the
 queries run and their median / p99 latency, and every problem a reader saw (errors, an empty or partial
@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--readers", type=int, default=20)
-    parser.add_argument("--think-ms", type=float, default=50.0, help="pause of each reader between queries")
+    parser.add_argument("--think-ms", type=float, default=100.0, help="pause of each reader between queries")
     parser.add_argument("--phase-s", type=float, default=5.0, help="seconds of reading before and after")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args()
