@@ -273,10 +273,14 @@ def _load(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], *, snapshot
     conn.execute("BEGIN")
     batch: list[tuple[Any, ...]] = []
     links: list[tuple[str, str]] = []
+    # A catalog has few distinct category lists: each is encoded once.
+    encoded: dict[tuple[str, ...], str] = {}
     for video_id, title, cats, duration, thumbnail, manifest in rows:
-        cats = list(cats)
-        batch.append((video_id, title, json.dumps(cats, ensure_ascii=False), manifest, duration, thumbnail,
-                      snapshot_id, created_at))
+        cats = tuple(cats)
+        cats_json = encoded.get(cats)
+        if cats_json is None:
+            cats_json = encoded[cats] = json.dumps(cats, ensure_ascii=False)
+        batch.append((video_id, title, cats_json, manifest, duration, thumbnail, snapshot_id, created_at))
         for category in cats:
             links.append((video_id, category))
             categories.add(category)

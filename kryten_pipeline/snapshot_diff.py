@@ -11,23 +11,38 @@ KINDS = ("added", "removed", "retitled", "recategorised", "retimed")
 SAMPLE_SIZE = 5
 
 # Category lists are compared as sets: a source that reorders categories did not recategorise anything.
+# The costly set comparison runs only for the few rows whose JSON text differs (CASE evaluates lazily).
 _SORTED_CATS = (
     "(SELECT coalesce(group_concat(value, char(31)), '') FROM (SELECT value FROM json_each({col}) ORDER BY value))"
 )
-_QUERIES = {
+_RECATEGORISED = (
+    "CASE WHEN n.categories_json IS o.categories_json THEN 0 "
+    f"ELSE {_SORTED_CATS.format(col='n.categories_json')} IS NOT {_SORTED_CATS.format(col='o.categories_json')} END"
+)
+_CHANGED = {
+    "retitled": "n.title IS NOT o.title",
+    "recategorised": _RECATEGORISED,
+    "retimed": "n.duration_seconds IS NOT o.duration_seconds",
+}
+# One pass over the new items joined to the old ones counts everything (removed = old − matched);
+# samples are read only for kinds that occurred.
+_COUNTS = (
+    "SELECT count(*), count(o.video_id), "
+    + ", ".join(f"coalesce(sum(CASE WHEN o.video_id IS NULL THEN 0 ELSE ({expr}) END), 0)"
+                for expr in _CHANGED.values())
+    + " FROM main.catalog_item n LEFT JOIN old.catalog_item o ON o.video_id = n.video_id"
+)
+_SAMPLES = {
     "added": ("FROM main.catalog_item n LEFT JOIN old.catalog_item o ON o.video_id = n.video_id "
               "WHERE o.video_id IS NULL", "n.video_id, n.title, NULL, NULL"),
     "removed": ("FROM old.catalog_item o LEFT JOIN main.catalog_item n ON n.video_id = o.video_id "
                 "WHERE n.video_id IS NULL", "o.video_id, o.title, NULL, NULL"),
     "retitled": ("FROM main.catalog_item n JOIN old.catalog_item o ON o.video_id = n.video_id "
-                 "WHERE n.title IS NOT o.title", "n.video_id, n.title, o.title, n.title"),
+                 f"WHERE {_CHANGED['retitled']}", "n.video_id, n.title, o.title, n.title"),
     "recategorised": ("FROM main.catalog_item n JOIN old.catalog_item o ON o.video_id = n.video_id "
-                      f"WHERE {_SORTED_CATS.format(col='n.categories_json')} IS NOT "
-                      f"{_SORTED_CATS.format(col='o.categories_json')}",
-                      "n.video_id, n.title, o.categories_json, n.categories_json"),
+                      f"WHERE {_RECATEGORISED}", "n.video_id, n.title, o.categories_json, n.categories_json"),
     "retimed": ("FROM main.catalog_item n JOIN old.catalog_item o ON o.video_id = n.video_id "
-                "WHERE n.duration_seconds IS NOT o.duration_seconds",
-                "n.video_id, n.title, o.duration_seconds, n.duration_seconds"),
+                f"WHERE {_CHANGED['retimed']}", "n.video_id, n.title, o.duration_seconds, n.duration_seconds"),
 }
 
 
@@ -62,9 +77,12 @@ def diff_attached(conn: sqlite3.Connection, *, from_id: str | None, to_id: str |
     from_count = conn.execute("SELECT count(*) FROM old.catalog_item").fetchone()[0]
     to_count = conn.execute("SELECT count(*) FROM main.catalog_item").fetchone()[0]
     result = SnapshotDiff(from_id, to_id, from_count, to_count)
-    for kind, (body, columns) in _QUERIES.items():
-        result.counts[kind] = conn.execute(f"SELECT count(*) {body}").fetchone()[0]
-        rows = conn.execute(f"SELECT {columns} {body} ORDER BY 1 LIMIT {SAMPLE_SIZE}").fetchall()
+    new_count, matched, retitled, recategorised, retimed = conn.execute(_COUNTS).fetchone()
+    result.counts = {"added": new_count - matched, "removed": from_count - matched, "retitled": retitled,
+                     "recategorised": recategorised, "retimed": retimed}
+    for kind, (body, columns) in _SAMPLES.items():
+        rows = conn.execute(f"SELECT {columns} {body} ORDER BY 1 LIMIT {SAMPLE_SIZE}").fetchall() \
+            if result.counts[kind] else []
         result.samples[kind] = [_sample(kind, row) for row in rows]
     return result
 

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from kryten_pipeline import jsonfast
 from kryten_pipeline.catalog_item import CatalogItem, SourceReject
 from kryten_pipeline.errors import ConfigurationError, SourceError
 from kryten_pipeline.fault_points import fault_point
@@ -163,7 +164,7 @@ class ExportFileConnector:
                 if not raw.strip():
                     continue
                 try:
-                    record = json.loads(raw)
+                    record = jsonfast.loads(raw)
                 except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                     reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
                     yield SourceReject(_clip(raw.decode("utf-8", "replace")), f"line {line_no}: invalid JSON: {reason}")

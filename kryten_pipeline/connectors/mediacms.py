@@ -42,6 +42,7 @@ from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import httpx
 
+from kryten_pipeline import jsonfast
 from kryten_pipeline.catalog_item import CatalogItem, SourceReject
 from kryten_pipeline.errors import ConfigurationError, SourceError
 from kryten_pipeline.settings import Settings
@@ -446,7 +447,7 @@ class MediaCMSConnector:
                     )
                 else:
                     try:
-                        return status, json.loads(body)
+                        return status, jsonfast.loads(body)
                     except ValueError:
                         problem = "malformed_json"
             attempt += 1
@@ -1106,7 +1107,7 @@ def _retry_after(value: str | None) -> float | None:
 
 def _loads_or_none(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        return jsonfast.loads(body)
     except ValueError:
         return None
 
