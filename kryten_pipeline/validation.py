@@ -25,6 +25,8 @@ from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.manifest import VIDEO_ID_PATTERN, build_manifest_url, is_valid_video_id
 
 MAX_TITLE_LENGTH = 1000
+# Set on the frame validate_items returns: the number of rows the schema judged (see passed_validate_items).
+VALIDATED_ROWS_ATTR = "kryten_schema_validated_rows"
 COLUMNS = ["video_id", "title", "categories", "duration_seconds", "thumbnail_url", "manifest_url"]
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # A lone surrogate (e.g. "\ud800" from a JSON file) has no UTF-8 form: SQLite could not store it.
@@ -185,9 +187,12 @@ def _coerce_columns(columns: ItemColumns, manifest_base: str) -> tuple[ItemColum
             ids.append(None)
 
     titles: list[Any] = []
+    # One scan over all the text of a column finds out whether any value holds a lone surrogate (almost
+    # never); only then is each value searched.
+    check_titles = _any_surrogate(columns["title"])
     for index, value in enumerate(columns["title"]):
         if type(value) is str:
-            if _SURROGATE.search(value):
+            if check_titles and _SURROGATE.search(value):
                 bad(index, "title is not valid Unicode (a lone surrogate)")
             titles.append(value.strip())
         elif value is None:
@@ -197,14 +202,22 @@ def _coerce_columns(columns: ItemColumns, manifest_base: str) -> tuple[ItemColum
             titles.append(None)
 
     categories: list[Any] = []
+    # Few distinct category lists: each is cleaned once (the cleaned lists are shared, never mutated).
+    cleaned_lists: dict[tuple[str, ...], list[str]] = {}
+    surrogate_lists: set[tuple[str, ...]] = set()
     for index, value in enumerate(columns["categories"]):
         if value is None:
             categories.append([])
         elif isinstance(value, (list, tuple)) and all(type(c) is str for c in value):
-            if any(_SURROGATE.search(c) for c in value):
+            key = tuple(value)
+            cleaned = cleaned_lists.get(key)
+            if cleaned is None:
+                if any(_SURROGATE.search(c) for c in key):
+                    surrogate_lists.add(key)
+                cleaned = cleaned_lists[key] = list(dict.fromkeys(c for c in (c.strip() for c in key) if c))
+            if key in surrogate_lists:
                 bad(index, "categories are not valid Unicode (a lone surrogate)")
-            cleaned = [c.strip() for c in value]
-            categories.append(list(dict.fromkeys(c for c in cleaned if c)))
+            categories.append(cleaned)
         else:
             bad(index, "categories must be a list of strings")
             categories.append([])
@@ -235,9 +248,10 @@ def _coerce_columns(columns: ItemColumns, manifest_base: str) -> tuple[ItemColum
         durations.append(number)
 
     thumbnails: list[Any] = []
+    check_thumbnails = _any_surrogate(columns["thumbnail_url"])
     for index, value in enumerate(columns["thumbnail_url"]):
         if type(value) is str:
-            if _SURROGATE.search(value):
+            if check_thumbnails and _SURROGATE.search(value):
                 bad(index, "thumbnail_url is not valid Unicode (a lone surrogate)")
             thumbnails.append(value.strip() or None)
         elif value is None:
@@ -257,6 +271,11 @@ def _coerce_columns(columns: ItemColumns, manifest_base: str) -> tuple[ItemColum
         "thumbnail_url": thumbnails, "manifest_url": manifests,
     }
     return typed, reasons
+
+
+def _any_surrogate(values: list[Any]) -> bool:
+    """Whether any string in ``values`` holds a lone surrogate: one regex scan over their concatenation."""
+    return _SURROGATE.search("".join(v for v in values if type(v) is str)) is not None
 
 
 def validate_items(
@@ -304,10 +323,28 @@ def validate_items(
     if failures:
         frame = frame.drop(index=[i for i in failures if i in frame.index])
     # Only whole rows were dropped and duplicates keep their first occurrence, so what is left passes as a
-    # whole (the Dagster type check of validated_items validates it once more).
+    # whole; the Dagster type check of validated_items confirms that (passed_validate_items) and validates any
+    # other frame in full.
     frame = frame.reset_index(drop=True)
+    frame.attrs[VALIDATED_ROWS_ATTR] = len(frame)
     rejects.sort(key=lambda r: r.row)
     return ValidationResult(frame=frame, rejects=rejects, total=total, reason_counts=reason_counts)
+
+
+def passed_validate_items(frame: pd.DataFrame) -> bool:
+    """Whether ``frame`` is, unchanged in shape, the one ``validate_items`` returned.
+
+    Its rows were each judged by ``VALIDATED_SCHEMA`` there; what could still differ for the frame as a
+    whole — row count, columns and their order, dtypes, unique ids — is checked here, vectorised. Anything
+    else (a frame from elsewhere, rows added or dropped since) must be validated in full.
+    """
+    return (
+        frame.attrs.get(VALIDATED_ROWS_ATTR) == len(frame)
+        and list(frame.columns) == COLUMNS
+        and all(frame[name].dtype == object for name in COLUMNS if name != "duration_seconds")
+        and str(frame["duration_seconds"].dtype) == "Int64"
+        and bool(frame["video_id"].is_unique)
+    )
 
 
 def _typed_frame(columns: ItemColumns) -> pd.DataFrame:
