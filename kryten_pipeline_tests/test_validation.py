@@ -124,3 +124,43 @@ def test_rejects_file_has_one_json_line_per_reject(tmp_path: Path) -> None:
     assert [line["row"] for line in lines] == [2, 3]
     assert all(line["reasons"] for line in lines)
     assert lines[1]["record"]["video_id"] == "bad id"
+
+
+def test_a_lone_surrogate_is_found_among_many_clean_values() -> None:
+    items = [good(i, categories=["Music", "News"]) for i in range(50)]
+    items[17] = good(17, title="bad \ud800 title")
+    items[31] = good(31, categories=["Music", "News\udfff"])
+    items[40] = good(40, categories=["Music", "News\udfff"])  # the same list again: judged once, both rejected
+    items[44] = good(44, thumbnail_url="https://x.example/\udc80.jpg")
+    result = validate_items(items, manifest_base=BASE)
+    rejected = {r.video_id: r.reasons for r in result.rejects}
+    assert set(rejected) == {"vid00017", "vid00031", "vid00040", "vid00044"}
+    assert rejected["vid00017"] == ["title is not valid Unicode (a lone surrogate)"]
+    assert rejected["vid00031"] == rejected["vid00040"] == ["categories are not valid Unicode (a lone surrogate)"]
+    assert result.frame["categories"].tolist()[0] == ["Music", "News"]
+
+
+def test_dagster_type_trusts_only_the_frame_validate_items_returned() -> None:
+    from kryten_pipeline.dagster_defs.assets import VALIDATED_ITEMS_TYPE
+    from kryten_pipeline.validation import passed_validate_items
+
+    frame = validate_items([good(i) for i in range(5)], manifest_base=BASE).frame
+    assert passed_validate_items(frame)
+    check = VALIDATED_ITEMS_TYPE.type_check(None, frame)  # type: ignore[arg-type]
+    assert check.success and "confirmed" in (check.description or "")
+
+    grown = frame.copy()
+    grown.loc[len(grown)] = ["bad id!", "", [], None, None, "http://not-https"]
+    assert not passed_validate_items(grown)  # a row added since: the whole schema runs again
+    failed = VALIDATED_ITEMS_TYPE.type_check(None, grown)  # type: ignore[arg-type]
+    assert not failed.success and "video_id does not match" in (failed.description or "")
+
+    duplicated = pd.concat([frame, frame.iloc[:1]], ignore_index=True)
+    duplicated.attrs = dict(frame.attrs, kryten_schema_validated_rows=len(duplicated))  # a forged count
+    assert not passed_validate_items(duplicated)
+    assert not VALIDATED_ITEMS_TYPE.type_check(None, duplicated).success  # type: ignore[arg-type]
+
+    elsewhere = pd.DataFrame(frame.to_dict(orient="list")).astype({"duration_seconds": "Int64"})
+    assert not passed_validate_items(elsewhere)  # no marker: validated in full, and it is valid
+    assert VALIDATED_ITEMS_TYPE.type_check(None, elsewhere).success  # type: ignore[arg-type]
+    assert not VALIDATED_ITEMS_TYPE.type_check(None, [1, 2]).success  # type: ignore[arg-type]

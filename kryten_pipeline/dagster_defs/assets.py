@@ -25,6 +25,7 @@ from kryten_pipeline.dagster_defs.resources import (
 )
 from kryten_pipeline.errors import KrytenError, SnapshotBuildError, StaleSnapshotError, ValidationThresholdError
 from kryten_pipeline.fault_points import fault_point
+from kryten_pipeline.gc_tuning import bulk_work
 from kryten_pipeline.kv_store import CurrentEntry, PublishResult, current_key, snapshot_key, snapshot_store
 from kryten_pipeline.manifest import manifest_base_from
 from kryten_pipeline.recovery import Reconciliation, reconcile_live_with_current
@@ -152,7 +153,8 @@ def raw_catalog(
             context.log.warning(f"recovery: {recovery.detail}")
         context.log.info(f"reading catalog of namespace {namespace!r} from {connector.label}")
         started = time.perf_counter()
-        columns = asyncio.run(_collect(connector))
+        with bulk_work():
+            columns = asyncio.run(_collect(connector))
     except KrytenError as exc:
         raise failure(exc, namespace=namespace) from exc
     elapsed = time.perf_counter() - started
@@ -208,8 +210,9 @@ def validated_items(
     except KrytenError as exc:
         raise failure(exc, namespace=namespace) from exc
     started = time.perf_counter()
-    result = validate_items(raw_catalog.columns, manifest_base=manifest_base,
-                            source_rejects=raw_catalog.source_rejects)
+    with bulk_work():
+        result = validate_items(raw_catalog.columns, manifest_base=manifest_base,
+                                source_rejects=raw_catalog.source_rejects)
     elapsed = time.perf_counter() - started
     live_meta = read_snapshot_meta(live_db_path(settings.data_dir, namespace))
     live_count = int(live_meta["item_count"]) if live_meta and live_meta.get("item_count") else None
@@ -288,20 +291,21 @@ def sqlite_snapshot(
     source = str(validated_items.attrs.get("source", "unknown"))
     rejected = int(validated_items.attrs.get("rejected_count", 0))
     try:
-        built = build_snapshot_db(
-            rows_from_frame(validated_items),
-            data_dir=settings.data_dir,
-            namespace=namespace,
-            snapshot_id=snapshot_id,
-            created_at=iso_utc(now),
-            source=source,
-            extra_meta={
-                "rejected_count": rejected,
-                "run_id": context.run_id,
-                "generator": f"kryten-pipeline {__version__}",
-            },
-            compare_with=live_db_path(settings.data_dir, namespace),
-        )
+        with bulk_work():
+            built = build_snapshot_db(
+                rows_from_frame(validated_items),
+                data_dir=settings.data_dir,
+                namespace=namespace,
+                snapshot_id=snapshot_id,
+                created_at=iso_utc(now),
+                source=source,
+                extra_meta={
+                    "rejected_count": rejected,
+                    "run_id": context.run_id,
+                    "generator": f"kryten-pipeline {__version__}",
+                },
+                compare_with=live_db_path(settings.data_dir, namespace),
+            )
     except SnapshotBuildError as exc:
         yield dg.AssetCheckResult(check_name="sqlite_integrity", passed=False, description=str(exc))
         yield dg.AssetCheckResult(check_name="removal_guard", passed=False, description="not evaluated: build failed")
