@@ -30,6 +30,7 @@ No secret appears in a message, a log line or ``stats``.
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 import json
 import math
 import random
@@ -180,6 +181,18 @@ async def _run_all(coroutines: Iterable[Awaitable[Any]]) -> list[Any]:
             if not task.done():
                 task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """The API client keeps no cookies: MediaCMS authenticates every API request by its token (or Basic auth),
+    and a session cookie would only bring Django's CSRF rules along. Skipping the jar also spares httpx's
+    cookie parsing of every response (~0.1 ms a page)."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def add_cookie_header(self, request: Any) -> None:
+        return None
 
 
 @dataclass(slots=True)
@@ -357,7 +370,7 @@ class MediaCMSConnector:
         try:
             async with httpx.AsyncClient(
                 timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-                limits=limits, headers=headers, follow_redirects=False,
+                limits=limits, headers=headers, follow_redirects=False, cookies=_NoCookies(),
                 transport=self._transport,
             ) as client:
                 self._client = client

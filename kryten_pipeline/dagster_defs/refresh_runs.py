@@ -73,6 +73,9 @@ def execute_refresh(
     return summary
 
 
+POLL_INTERVAL_S = 0.25
+
+
 class RunProgress:
     """Reports step progress from the run's event log while the run executes in this process."""
 
@@ -83,7 +86,7 @@ class RunProgress:
         self.enabled = sink is not None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._seen = 0
+        self._cursor: str | None = None
         self._step_started: dict[str, float] = {}
 
     def start(self) -> None:
@@ -97,19 +100,22 @@ class RunProgress:
             self._drain()
 
     def _loop(self) -> None:
-        while not self._stop.wait(0.2):
+        while not self._stop.wait(POLL_INTERVAL_S):
             self._drain()
 
     def _drain(self) -> None:
+        # Only the records after the cursor: polling costs the same at the end of a long run as at its start
+        # (this thread shares the interpreter with the run it watches).
         try:
-            records = self.instance.all_logs(self.run_id)
+            connection = self.instance.get_records_for_run(self.run_id, cursor=self._cursor)
         except Exception:  # the run may not be stored yet
             return
-        for record in records[self._seen:]:
-            line = self._describe(record)
+        for record in connection.records:
+            line = self._describe(record.event_log_entry)
             if line and self.sink is not None:
                 self.sink(line)
-        self._seen = len(records)
+        if connection.records:
+            self._cursor = connection.cursor
 
     def _describe(self, record: Any) -> str | None:
         event = record.dagster_event
