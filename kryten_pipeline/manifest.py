@@ -32,6 +32,13 @@ def manifest_base_from(mediacms_url: str | None, manifest_base_url: str | None) 
                 f"manifest base URL must be an absolute https URL, got {_safe(manifest_base_url)!r}",
                 setting="KRYTEN_MANIFEST_BASE_URL",
             )
+        if parts.username or parts.password:
+            # Every manifest URL is published (SQLite, KV) to whoever plays the catalog: no secrets in it.
+            raise ConfigurationError(
+                f"manifest base URL must not carry credentials (user:password@): they would be written into "
+                f"every published manifest_url; got {_safe(manifest_base_url)!r}",
+                setting="KRYTEN_MANIFEST_BASE_URL",
+            )
         return urlunsplit(("https", parts.netloc, parts.path.rstrip("/"), "", ""))
     if mediacms_url:
         parts = urlsplit(mediacms_url.strip())

@@ -37,6 +37,14 @@ def test_manifest_base_must_be_https() -> None:
     assert "KRYTEN_MANIFEST_BASE_URL" in str(info.value)
 
 
+def test_manifest_base_with_credentials_is_refused_without_echoing_them() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        manifest_base_from(None, "https://cdn-user:s3cr3t-pw@cdn.example.org/base")
+    message = str(info.value)
+    assert "KRYTEN_MANIFEST_BASE_URL" in message and "credentials" in message
+    assert "s3cr3t-pw" not in message and "cdn-user" not in message
+
+
 @pytest.mark.parametrize("bad", ["", "a b", "../etc/passwd", "x" * 65, "ünï", "id;drop", None, 12])
 def test_manifest_rejects_ids_outside_the_pattern(bad: object) -> None:
     with pytest.raises(InvalidVideoIdError):
