@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from kryten_pipeline.errors import ConfigurationError
@@ -64,6 +66,16 @@ def build_manifest_url(video_id: str, manifest_base: str) -> str:
     if not manifest_base.startswith("https://"):
         raise ConfigurationError("manifest base must be https", setting="KRYTEN_MANIFEST_BASE_URL")
     return DEFAULT_MANIFEST_TEMPLATE.format(manifest_base=manifest_base.rstrip("/"), video_id=video_id)
+
+
+def manifest_urls(video_ids: Iterable[Any], manifest_base: str) -> list[str | None]:
+    """``build_manifest_url`` for many ids at once (the base is checked once): ``None`` for an id that
+    cannot be placed in a manifest URL."""
+    build_manifest_url("x", manifest_base)  # checks the base (https)
+    head, tail = DEFAULT_MANIFEST_TEMPLATE.split("{video_id}")
+    prefix, suffix = head.format(manifest_base=manifest_base.rstrip("/")), tail
+    match = _VIDEO_ID_RE.fullmatch
+    return [prefix + v + suffix if type(v) is str and match(v) else None for v in video_ids]
 
 
 def _safe(url: str) -> str:

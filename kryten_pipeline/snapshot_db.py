@@ -148,7 +148,10 @@ def ensure_dir(path: Path) -> Path:
 
 def rows_from_frame(frame: pd.DataFrame) -> Iterator[tuple[Any, ...]]:
     """Rows of a validated frame as plain tuples (``pd.NA`` → ``None``), in ``validation.COLUMNS`` order."""
-    durations = [None if pd.isna(v) else int(v) for v in frame["duration_seconds"]]
+    column = frame["duration_seconds"].array  # Int64: vectorised, not one pd.isna per row
+    missing = column.isna().tolist()
+    values = column.to_numpy(dtype="int64", na_value=0).tolist()
+    durations = [None if gone else value for value, gone in zip(values, missing, strict=True)]
     thumbs = [None if v is None or (isinstance(v, float) and v != v) else v for v in frame["thumbnail_url"]]
     yield from zip(frame["video_id"], frame["title"], frame["categories"], durations, thumbs,
                    frame["manifest_url"], strict=True)

@@ -22,7 +22,7 @@ import pandera.pandas as pa
 
 from kryten_pipeline.catalog_item import CatalogItem, SourceReject
 from kryten_pipeline.fault_points import fault_point
-from kryten_pipeline.manifest import VIDEO_ID_PATTERN, build_manifest_url, is_valid_video_id
+from kryten_pipeline.manifest import VIDEO_ID_PATTERN, manifest_urls
 
 MAX_TITLE_LENGTH = 1000
 # Set on the frame validate_items returns: the number of rows the schema judged (see passed_validate_items).
@@ -36,6 +36,20 @@ _ABSOLUTE_URL = r"^https?://[^\s/?#]+[^\s]*$"
 
 def _categories_are_strings(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) and item for item in value)
+
+
+def _categories_column_ok(series: pd.Series) -> pd.Series:
+    """``_categories_are_strings`` for every row, judging each distinct list object once (coercion shares
+    one cleaned list among the rows that have the same categories)."""
+    verdicts: dict[int, bool] = {}
+    results = []
+    for value in series.tolist():
+        key = id(value)
+        verdict = verdicts.get(key)
+        if verdict is None:
+            verdict = verdicts[key] = _categories_are_strings(value)
+        results.append(verdict)
+    return pd.Series(results, index=series.index, dtype=bool)
 
 
 VALIDATED_SCHEMA = pa.DataFrameSchema(
@@ -60,7 +74,7 @@ VALIDATED_SCHEMA = pa.DataFrameSchema(
         ),
         "categories": pa.Column(
             object,
-            pa.Check(_categories_are_strings, element_wise=True, error="categories must be a list of strings"),
+            pa.Check(_categories_column_ok, error="categories must be a list of strings"),
             nullable=False,
             description="all categories of the item (many-to-many; [] when none)",
         ),
@@ -261,11 +275,7 @@ def _coerce_columns(columns: ItemColumns, manifest_base: str) -> tuple[ItemColum
             thumbnails.append(None)
 
     # An id that cannot be placed in a manifest URL leaves it missing; the schema reports the id itself.
-    base = manifest_base.rstrip("/")
-    build_manifest_url("x", base)  # checks the base once (https), not per row
-    manifests = [
-        build_manifest_url(v, base) if type(v) is str and is_valid_video_id(v) else None for v in ids
-    ]
+    manifests = manifest_urls(ids, manifest_base)
     typed = {
         "video_id": ids, "title": titles, "categories": categories, "duration_seconds": durations,
         "thumbnail_url": thumbnails, "manifest_url": manifests,

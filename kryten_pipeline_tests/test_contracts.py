@@ -13,6 +13,7 @@ from kryten_pipeline.manifest import (
     InvalidVideoIdError,
     build_manifest_url,
     manifest_base_from,
+    manifest_urls,
 )
 from kryten_pipeline.snapshot_id import is_snapshot_id, new_snapshot_id, snapshot_time
 
@@ -35,6 +36,16 @@ def test_manifest_base_must_be_https() -> None:
     with pytest.raises(ConfigurationError) as info:
         manifest_base_from(None, "http://cdn.example.org")
     assert "KRYTEN_MANIFEST_BASE_URL" in str(info.value)
+
+
+def test_manifest_urls_in_bulk_equal_one_by_one() -> None:
+    ids = ["a1B2c3D4e", "x" * 64, "bad id", "", None, 7, "ok_-9", "x" * 65, "abc\n"]
+    for base in ("https://media.example.org", "https://cdn.example.org/base/"):
+        expected = [build_manifest_url(v, base) if isinstance(v, str) and v and v.isascii() and " " not in v
+                    and len(v) <= 64 and "\n" not in v else None for v in ids]
+        assert manifest_urls(ids, base) == expected
+    with pytest.raises(ConfigurationError):
+        manifest_urls(["abc"], "http://media.example.org")
 
 
 def test_manifest_base_with_credentials_is_refused_without_echoing_them() -> None:
