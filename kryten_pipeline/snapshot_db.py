@@ -66,6 +66,11 @@ CREATE TABLE snapshot_meta(key TEXT PRIMARY KEY, value TEXT);
 
 # The FTS5 tokenizer of catalog_fts; search.py tokenizes query words with the very same one.
 FTS_TOKENIZER = "unicode61 remove_diacritics 2"
+# FTS5 keeps pending terms in memory and writes a segment whenever they pass 'hashsize' (1 MiB by default),
+# leaving 'optimize' to merge them all. Built with 64 MiB, 100k titles make one segment (the FTS step takes
+# ~30 % less time); the default is put back for anyone who writes to the file later.
+FTS_BUILD_HASHSIZE = 64 * 1024 * 1024
+FTS_DEFAULT_HASHSIZE = 1024 * 1024
 # Indexes and the FTS5 index are built once, after the bulk load: much faster than per-row upkeep.
 _POST_LOAD = f"""
 CREATE INDEX idx_catalog_item_title ON catalog_item(title);
@@ -74,11 +79,13 @@ CREATE VIRTUAL TABLE catalog_fts USING fts5(
     video_id UNINDEXED, title, title_alt, categories,
     tokenize = '{FTS_TOKENIZER}', prefix = '2 3'
 );
+INSERT INTO catalog_fts(catalog_fts, rank) VALUES('hashsize', {FTS_BUILD_HASHSIZE});
 INSERT INTO catalog_fts(rowid, video_id, title, title_alt, categories)
     SELECT rowid, video_id, title, kryten_readable_title(title),
            (SELECT coalesce(group_concat(value, ' '), '') FROM json_each(catalog_item.categories_json))
     FROM catalog_item ORDER BY rowid;
 INSERT INTO catalog_fts(catalog_fts) VALUES('optimize');
+INSERT INTO catalog_fts(catalog_fts, rank) VALUES('hashsize', {FTS_DEFAULT_HASHSIZE});
 INSERT INTO catalog_fts(catalog_fts, rank) VALUES('rank', 'bm25(0.0, 10.0, 6.0, 2.0)');
 """
 

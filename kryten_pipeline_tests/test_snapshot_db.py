@@ -70,6 +70,16 @@ def test_schema_contract_and_meta(tmp_path: Path) -> None:
     assert built.sha256 and len(built.sha256) == 64
 
 
+def test_fts_build_settings_are_put_back_and_every_row_is_indexed(tmp_path: Path) -> None:
+    built = build(tmp_path, "20251218T123456Z-aaaaaa", n=5000)
+    conn = open_readonly(built.path)
+    config = dict(conn.execute("SELECT k, v FROM catalog_fts_config"))
+    assert config["hashsize"] == 1024 * 1024  # the FTS5 default, for anyone who writes to the file later
+    assert conn.execute("SELECT count(*) FROM catalog_fts WHERE catalog_fts MATCH 'title'").fetchone()[0] == 5000
+    assert conn.execute("SELECT count(*) FROM catalog_fts WHERE catalog_fts MATCH 'caf*'").fetchone()[0] == 5000
+    conn.close()
+
+
 def test_verification_catches_a_tampered_file(tmp_path: Path) -> None:
     built = build(tmp_path, "20251218T123456Z-aaaaaa")
     assert verify_snapshot_db(built.path).passed
