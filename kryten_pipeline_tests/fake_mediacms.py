@@ -27,6 +27,7 @@ import base64
 import contextlib
 import json
 import random
+import ssl
 import string
 import threading
 import time
@@ -203,7 +204,7 @@ def generate_catalog(
 class Fault:
     """One injected misbehaviour for requests whose path starts with ``path`` (and whose query has ``query``)."""
 
-    kind: str  # status | slow | malformed | html | close
+    kind: str  # status | slow | malformed | html | close | idle_close (answer, then drop the kept-alive connection)
     path: str = "/api/"
     times: int = 1
     skip: int = 0
@@ -260,13 +261,15 @@ class FakeMediaCMS:
         manage_category_filter: str = "substring",
         latency: float = 0.0,
         port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """``capped``: the ≥7.2 1,000-row cap on /media and /search (``capped_media``
         overrides it for /media). ``public_base``: the scheme+host the
         server believes it has (used for ``next``/``previous``/``url``); default: its real address.
         ``manage_category_filter``: how /manage_media treats ``category`` — "substring" (8.x), "uid" (newer:
         a uid, else an exact title), "exact" or "ignored". ``latency``: seconds every answer waits first, as a
-        Django + PostgreSQL server's would (threads: concurrent requests wait side by side)."""
+        Django + PostgreSQL server's would (threads: concurrent requests wait side by side). ``tls``: a server
+        context to answer over HTTPS (the handshake runs in the connection's own thread)."""
         self.catalog = catalog
         self.capped = capped
         # Latest releases cap /media for signed-in users only; None: same as ``capped``.
@@ -286,6 +289,7 @@ class FakeMediaCMS:
         self._fragment_cache: dict[tuple[str, str], bytes] = {}
         self._index: dict[str, FakeMedia] | None = None
         self._httpd = _QuietServer(("127.0.0.1", port), _make_handler(self))
+        self._httpd.tls = tls
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle
@@ -293,7 +297,12 @@ class FakeMediaCMS:
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self._httpd.tls else 'http'}://{host}:{port}"
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted so far (a client that keeps connections alive opens few)."""
+        return self._httpd.connections
 
     @property
     def public_base(self) -> str:
@@ -548,6 +557,15 @@ def _iso(moment: datetime, salt: int) -> str:
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
+    tls: ssl.SSLContext | None = None
+    connections = 0  # TCP connections accepted
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, address = self.socket.accept()
+        self.connections += 1
+        if self.tls is not None:  # handshake on the first read, in the handler thread, not here
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that timed out and hung up (the "slow" fault) is expected, not an error to print.
@@ -673,6 +691,10 @@ def _make_handler(server: FakeMediaCMS) -> type[BaseHTTPRequestHandler]:
                     self.close_connection = True
                     self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{\"cou")
                     return 0
+                elif fault.kind == "idle_close":
+                    # A keep-alive timeout on the server (or a proxy): a complete answer without
+                    # "Connection: close", then the connection is gone before the client's next request.
+                    self.close_connection = True
             if server.login_required:
                 # django-global-login-required redirects before DRF authenticates: tokens do not help.
                 target = quote(path + ("?" + urlencode(query_list) if query_list else ""), safe="")

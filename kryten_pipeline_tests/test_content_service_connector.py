@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,6 +23,7 @@ from kryten_pipeline.connectors.content_service import (
 from kryten_pipeline.errors import ConfigurationError, SourceError
 from kryten_pipeline.proto_gen.kryten.contentservice.v1 import content_pb2, content_pb2_grpc
 from kryten_pipeline.settings import Settings
+from kryten_pipeline_tests.tls_helpers import make_pki
 
 TOKEN = "svc-token-5f2a"
 CDN = "cdn.example.net"
@@ -385,30 +384,10 @@ def test_make_connector_selects_content_service() -> None:
 
 # --- TLS and mutual TLS -------------------------------------------------------------------------------
 
-def _openssl(directory: Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is needed to make test certificates (apt-get install -y openssl)")
-    directory = tmp_path_factory.mktemp("pki")
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl(directory, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-             "-subj", "/CN=kryten test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    for name, usage, san in (("server", "serverAuth", "IP:127.0.0.1,DNS:localhost"),
-                             ("client", "clientAuth", "DNS:kryten-pipeline")):
-        (directory / f"{name}.ext").write_text(
-            f"subjectAltName={san}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"
-            "keyUsage=critical,digitalSignature\n"
-        )
-        _openssl(directory, "req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        _openssl(directory, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
-    return {name: directory / name for name in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")}
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def server_credentials(pki: dict[str, Path], *, require_client_auth: bool) -> grpc.ServerCredentials:

@@ -34,6 +34,7 @@ import http.cookiejar
 import json
 import math
 import random
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -45,6 +46,7 @@ import httpx
 
 from kryten_pipeline import jsonfast
 from kryten_pipeline.catalog_item import CatalogItem, SourceReject
+from kryten_pipeline.connectors.aio_transport import AsyncioTransport
 from kryten_pipeline.errors import ConfigurationError, SourceError
 from kryten_pipeline.settings import Settings
 
@@ -371,7 +373,7 @@ class MediaCMSConnector:
             async with httpx.AsyncClient(
                 timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
                 limits=limits, headers=headers, follow_redirects=False, cookies=_NoCookies(),
-                transport=self._transport,
+                transport=self._transport or AsyncioTransport(limits=limits),
             ) as client:
                 self._client = client
                 await self._authenticate()
@@ -434,6 +436,10 @@ class MediaCMSConnector:
                     response = await client.request(method, url, data=data)
             except httpx.TimeoutException:
                 problem = "timeout"
+            except httpx.ConnectError as exc:
+                if _certificate_rejected(exc):  # a retry cannot fix an untrusted certificate
+                    raise self._certificate_error(where, exc) from None
+                problem = f"transport:{type(exc).__name__}"
             except httpx.TransportError as exc:
                 problem = f"transport:{type(exc).__name__}"
             else:
@@ -510,6 +516,14 @@ class MediaCMSConnector:
         return ConfigurationError(
             f"MediaCMS refused anonymous access (HTTP {status} on GET {where}); set MEDIACMS_TOKEN (an editor "
             f"token lists the whole catalog)", setting="MEDIACMS_TOKEN",
+        )
+
+    def _certificate_error(self, where: str, exc: BaseException) -> ConfigurationError:
+        reason = _certificate_rejected(exc) or "certificate rejected"
+        return ConfigurationError(
+            f"MediaCMS's TLS certificate was not accepted on GET {where} ({reason}): MEDIACMS_URL must name the "
+            f"host the certificate is issued for; a certificate from a private CA needs that CA in SSL_CERT_FILE "
+            f"(or SSL_CERT_DIR)", setting="MEDIACMS_URL",
         )
 
     def _html_error(self, where: str, status: int) -> ConfigurationError:
@@ -1107,6 +1121,18 @@ def _bare_token(token: str | None) -> str | None:
 def _ordered(categories: Iterable[str], order: dict[str, int]) -> list[str]:
     unique = list(dict.fromkeys(categories))
     return sorted(unique, key=lambda c: (order.get(c, len(order)), unique.index(c)))
+
+
+def _certificate_rejected(exc: BaseException) -> str | None:
+    """The reason when ``exc`` (or an error it was raised from) is a failed TLS certificate check, else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return str(current.verify_message or current.reason or "certificate verify failed")
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _retry_after(value: str | None) -> float | None:
