@@ -11,6 +11,7 @@ import dagster as dg
 
 from kryten_pipeline.dagster_defs.assets import kv_published, raw_catalog, sqlite_snapshot, validated_items
 from kryten_pipeline.dagster_defs.checks import kv_current_matches_sqlite
+from kryten_pipeline.dagster_defs.io_manager import CatalogIOManager
 from kryten_pipeline.dagster_defs.jobs import REFRESH_JOB_NAME, drift_check_job, refresh_job
 from kryten_pipeline.dagster_defs.partitions import register_namespaces
 from kryten_pipeline.dagster_defs.resources import CatalogSourceResource, NatsResource, PipelineResource
@@ -47,6 +48,7 @@ class PipelineEnv:
                 "pipeline": PipelineResource(**self.pipeline_fields),
                 "catalog_source": CatalogSourceResource(**self.source_fields),
                 "nats": NatsResource(nats_url=self.nats_url, kv_bucket=self.bucket),
+                "io_manager": CatalogIOManager(),
             },
             executor=dg.in_process_executor,
         )

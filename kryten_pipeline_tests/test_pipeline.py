@@ -168,3 +168,43 @@ def test_removal_guard_blocks_a_shrinking_catalog_unless_the_run_allows_it(env: 
     assert "−30 items" in value["notes"]
     meta = read_snapshot_meta(live_db_path(env.data_dir, "default"))
     assert json.loads(meta["diff_json"])["counts"]["removed"] == 30
+
+
+def test_intermediates_are_stored_as_files_and_handed_over_in_memory_within_a_run(
+    env: PipelineEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """raw_catalog and validated_items are pickled to the instance storage (Dagster's layout: retries from a
+    failed step and single-asset materialisations read them), but the run's next step gets the object itself."""
+    from dagster._core.storage.fs_io_manager import PickledObjectFilesystemIOManager
+
+    from kryten_pipeline.dagster_defs.assets import kv_published, raw_catalog, sqlite_snapshot, validated_items
+
+    disk_reads: list[str] = []
+    original = PickledObjectFilesystemIOManager.load_from_path
+
+    def counting_load(self: object, context: object, path: object) -> object:
+        disk_reads.append(str(path))
+        return original(self, context, path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PickledObjectFilesystemIOManager, "load_from_path", counting_load)
+    result = env.refresh()
+    assert result.success
+    assert disk_reads == []  # raw_catalog → validated_items → sqlite_snapshot: no pickle read back
+    storage = Path(env.instance.storage_directory())
+    for asset in ("raw_catalog", "validated_items"):
+        assert (storage / asset / "default").is_file(), asset
+    paths = {
+        event.asset_key.path[-1]: event.step_materialization_data.materialization.metadata.get("path")
+        for event in result.get_asset_materialization_events()
+    }
+    assert paths["validated_items"] is not None  # the file is shown in the UI as before
+
+    # A later run that materialises sqlite_snapshot alone reads validated_items from that file.
+    definitions = env.definitions()
+    rebuilt = dg.materialize(
+        [raw_catalog, validated_items, sqlite_snapshot, kv_published], selection=[sqlite_snapshot],
+        partition_key="default", instance=env.instance, resources=definitions.resources, run_config=QUIET,
+    )
+    assert rebuilt.success
+    assert [Path(p).parts[-2:] for p in disk_reads] == [("validated_items", "default")]
+    assert len(live_ids(env)) == 40

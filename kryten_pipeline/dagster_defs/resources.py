@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 
 from kryten_pipeline.dagster_defs.automation_resources import AutomationResource, CatalogEventsResource
+from kryten_pipeline.dagster_defs.io_manager import CatalogIOManager
 from kryten_pipeline.settings import SPEC_BY_FIELD, Settings, load_dotenv_file
 from kryten_pipeline.snapshot_db import namespace_lock
 
@@ -119,8 +120,8 @@ def kryten_settings(*resources: dg.ConfigurableResource) -> Settings:
     return Settings.from_mapping(values)
 
 
-def configured_resources(environ: dict[str, str] | None = None) -> dict[str, dg.ConfigurableResource]:
-    """Resources bound to the environment (plus ``.env``) as DESIGN §3 describes."""
+def configured_resources(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Resources bound to the environment (plus ``.env``) as DESIGN §3 describes, and the IO manager."""
     if environ is None:
         load_dotenv_file()
         environ = dict(os.environ)
@@ -131,4 +132,4 @@ def configured_resources(environ: dict[str, str] | None = None) -> dict[str, dg.
             spec = SPEC_BY_FIELD[name]
             kwargs[name] = dg.EnvVar(spec.env) if environ.get(spec.env, "").strip() else spec.default
         built[key] = cls(**kwargs)
-    return built
+    return {**built, "io_manager": CatalogIOManager()}
