@@ -119,3 +119,15 @@ def test_transport_errors_keep_httpx_types() -> None:
 
         with pytest.raises(httpx.ReadTimeout):
             asyncio.run(slow())
+
+
+def test_a_host_name_with_several_addresses_reaches_the_one_that_listens(
+    pki: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``localhost`` may resolve to ::1 before 127.0.0.1 (where the server listens): the next address is tried,
+    and the certificate is checked against the host name."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki["ca.crt"]))
+    with FakeMediaCMS(generate_catalog(120, 3, seed=7), tls=server_tls(pki)) as server:
+        by_name = server.url.replace("127.0.0.1", "localhost")
+        connector = MediaCMSConnector(by_name, token=EDITOR, retries=0)
+        assert len(collect(connector)) == len(server.catalog.expected_playable())
