@@ -436,11 +436,10 @@ class MediaCMSConnector:
                     response = await client.request(method, url, data=data)
             except httpx.TimeoutException:
                 problem = "timeout"
-            except httpx.ConnectError as exc:
-                if _certificate_rejected(exc):  # a retry cannot fix an untrusted certificate
-                    raise self._certificate_error(where, exc) from None
-                problem = f"transport:{type(exc).__name__}"
             except httpx.TransportError as exc:
+                rejected = _certificate_rejected(exc) if isinstance(exc, httpx.ConnectError) else None
+                if rejected:  # a retry cannot fix an untrusted certificate
+                    raise self._certificate_error(where, rejected) from None
                 problem = f"transport:{type(exc).__name__}"
             else:
                 body = response.content
@@ -518,8 +517,7 @@ class MediaCMSConnector:
             f"token lists the whole catalog)", setting="MEDIACMS_TOKEN",
         )
 
-    def _certificate_error(self, where: str, exc: BaseException) -> ConfigurationError:
-        reason = _certificate_rejected(exc) or "certificate rejected"
+    def _certificate_error(self, where: str, reason: str) -> ConfigurationError:
         return ConfigurationError(
             f"MediaCMS's TLS certificate was not accepted on GET {where} ({reason}): MEDIACMS_URL must name the "
             f"host the certificate is issued for; a certificate from a private CA needs that CA in SSL_CERT_FILE "

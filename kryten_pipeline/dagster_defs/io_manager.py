@@ -24,22 +24,17 @@ class HandoffPickleIOManager(PickledObjectFilesystemIOManager):
 
     def __init__(self, base_dir: str | None = None, **kwargs: Any) -> None:
         super().__init__(base_dir=base_dir, **kwargs)
-        self._handoff: dict[str, tuple[str, Any]] = {}  # file path -> (run id that stored it, object)
-        self.handed_over = 0
-        self.read_from_disk = 0
+        # file path -> (run id that stored it, object); an instance serves one run, the run id is a guard
+        self._handoff: dict[str, tuple[str, Any]] = {}
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
         super().dump_to_path(context, obj, path)
-        # Only the latest object per file, and only this run's: an instance lives for one run anyway.
-        self._handoff = {key: entry for key, entry in self._handoff.items() if entry[0] == context.run_id}
         self._handoff[str(path)] = (context.run_id, obj)
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
         entry = self._handoff.pop(str(path), None)
         if entry is not None and entry[0] == _run_id(context):
-            self.handed_over += 1
             return entry[1]
-        self.read_from_disk += 1
         return super().load_from_path(context, path)
 
 
