@@ -207,6 +207,10 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"revision {payload['kv']['revision'] or '-'})")
         count = sqlite["item_count"] if sqlite["item_count"] is not None else "-"
         print(f"sqlite: {sqlite['snapshot_id'] or '-'} ({count} items) at {sqlite['path']}")
+        delivered = payload["object"]
+        if delivered["name"]:
+            state = f"{delivered['size_bytes']} bytes" if delivered["present"] else "MISSING"
+            print(f"object: {delivered['name']} in bucket {delivered['bucket']} ({state})")
         print(f"consistent: {'yes' if payload['consistent'] else 'NO'}")
         for problem in payload["problems"]:
             print(f"  - {problem}")

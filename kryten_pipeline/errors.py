@@ -43,3 +43,7 @@ class NatsUnavailableError(KrytenError):
 
 class EventStreamError(KrytenError):
     """The catalog event stream (Redis) could not be read or acknowledged."""
+
+
+class DeliveryError(KrytenError):
+    """A snapshot file could not be stored, fetched, verified or installed; what was installed stays as it was."""

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +43,9 @@ from kryten_pipeline.errors import (
 )
 from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.namespaces import validate_namespace
+from kryten_pipeline.nats_errors import NATS_FAILURES, is_limit_error, is_transient
+from kryten_pipeline.nats_errors import describe_nats_error as _describe
+from kryten_pipeline.object_store import SnapshotObjectStore
 from kryten_pipeline.settings import Settings
 from kryten_pipeline.snapshot_id import is_snapshot_id
 
@@ -55,6 +58,7 @@ __all__ = [
     "SnapshotStore",
     "connect_nats",
     "current_key",
+    "nats_connection",
     "redact_url",
     "snapshot_key",
     "snapshot_store",
@@ -63,15 +67,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+DEFAULT_OBJECT_BUCKET = "kryten_playlist_snapshot_files"
 BUCKET_HISTORY = 10
 MAX_CAS_ATTEMPTS = 10
 TRANSIENT_RETRY_WAITS = (0.5, 1.0, 2.0)  # seconds before each retry after a NATS outage or a lost answer
 KEYS_TIMEOUT_SECONDS = 30.0
-
-# Everything nats-py raises for a failed request: its own errors (timeouts, no responders, closed
-# connection, JetStream API errors all derive from nats.errors.Error) plus plain asyncio timeouts.
-_NATS_FAILURES: tuple[type[BaseException], ...] = (nats.errors.Error, TimeoutError, OSError)
-
 
 def snapshot_key(namespace: str, snapshot_id: str) -> str:
     return f"ns/{validate_namespace(namespace)}/snapshots/{_checked_snapshot_id(snapshot_id)}"
@@ -189,8 +189,16 @@ def _tls_context(conn: NatsConnectionSettings, url: str) -> ssl.SSLContext | Non
     return context
 
 
-async def connect_nats(conn: NatsConnectionSettings, url: str, *, timeout: float = 5.0) -> NatsClient:
-    """Connect once (a few quick attempts, no endless retry loop); raise NatsUnavailableError on failure."""
+async def connect_nats(
+    conn: NatsConnectionSettings, url: str, *, timeout: float = 5.0, reconnect_forever: bool = False,
+    on_reconnected: Callable[[], Awaitable[None]] | None = None,
+    on_disconnected: Callable[[], Awaitable[None]] | None = None,
+) -> NatsClient:
+    """Connect once (a few quick attempts, no endless retry loop); raise NatsUnavailableError on failure.
+
+    ``reconnect_forever``: once connected, a lost server is waited for indefinitely (a long-running agent
+    such as ``follow``); otherwise a brief blip is survived and a dead server fails the operation.
+    """
     if conn.creds and not Path(conn.creds).is_file():
         raise ConfigurationError(f"NATS credentials file not found: {conn.creds}", setting="NATS_CREDS")
     tls = _tls_context(conn, url)
@@ -205,15 +213,24 @@ async def connect_nats(conn: NatsConnectionSettings, url: str, *, timeout: float
 
     async def on_disconnect() -> None:
         logger.debug("NATS %s: disconnected", shown_url)
+        if on_disconnected is not None:
+            await on_disconnected()
+
+    async def on_reconnect() -> None:
+        logger.debug("NATS %s: reconnected", shown_url)
+        if on_reconnected is not None:
+            await on_reconnected()
 
     options: dict[str, Any] = {
         "servers": [url],
         "error_cb": on_error,
         "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnect,
         "connect_timeout": timeout,
         "allow_reconnect": True,
-        "max_reconnect_attempts": 2,  # bounded: a brief blip during a run is survived, a dead server is not
-        "reconnect_time_wait": 0.5,
+        # bounded by default: a brief blip during a run is survived, a dead server is not
+        "max_reconnect_attempts": -1 if reconnect_forever else 2,
+        "reconnect_time_wait": 1.0 if reconnect_forever else 0.5,
         "name": "kryten-pipeline",
     }
     if tls is not None:
@@ -236,7 +253,7 @@ async def connect_nats(conn: NatsConnectionSettings, url: str, *, timeout: float
         raise ConfigurationError(
             f"NATS_CREDS needs the `nkeys` package (pip install nkeys): {exc}", setting="NATS_CREDS"
         ) from None
-    except (*_NATS_FAILURES, ValueError) as exc:
+    except (*NATS_FAILURES, ValueError) as exc:
         await _close_quietly(nc)
         reason = _connect_failure_reason(exc, errors_seen)
         raise NatsUnavailableError(
@@ -304,12 +321,21 @@ class _CurrentState:
 class SnapshotStore:
     """Snapshot records and the ``current`` pointer in one KV bucket (created if absent)."""
 
-    def __init__(self, js: JetStreamContext, bucket: str, *, replicas: int = 1) -> None:
+    def __init__(self, js: JetStreamContext, bucket: str, *, replicas: int = 1, create: bool = True,
+                 object_bucket: str = DEFAULT_OBJECT_BUCKET) -> None:
         self._js = js
         self.bucket = bucket
         self.replicas = replicas  # used only when this store creates the bucket
+        self.create = create  # False for readers (``follow``): they never create a bucket
+        # The snapshot files themselves, on the same connection (created lazily, with the same replicas).
+        self.objects = SnapshotObjectStore(js, object_bucket, replicas=replicas, create=create)
         self._kv: KeyValue | None = None
         self._max_value_size = -1  # the bucket's limit on one value, -1: none
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        """The JetStream context this store writes through (the object store shares the connection)."""
+        return self._js
 
     async def ensure_bucket(self) -> KeyValue:
         """Bind to the bucket, creating it (history 10, ``replicas`` copies) if it does not exist."""
@@ -319,6 +345,11 @@ class SnapshotStore:
             try:
                 kv = await self._js.key_value(self.bucket)
             except BucketNotFoundError:
+                if not self.create:
+                    raise ConfigurationError(
+                        f"NATS KV bucket {self.bucket!r} does not exist: nothing has been published to this NATS "
+                        f"yet (or NATS_URL / KRYTEN_KV_BUCKET name another one)", setting="KRYTEN_KV_BUCKET",
+                    ) from None
                 try:
                     kv = await self._js.create_key_value(
                         bucket=self.bucket, history=BUCKET_HISTORY, replicas=self.replicas
@@ -342,7 +373,7 @@ class SnapshotStore:
                 "NATS answered but JetStream is not enabled there (the JetStream API is unavailable)",
                 setting="NATS_URL",
             ) from None
-        except _NATS_FAILURES as exc:
+        except NATS_FAILURES as exc:
             raise NatsUnavailableError(
                 f"cannot open NATS KV bucket {self.bucket!r}: {_describe(exc)}", setting="NATS_URL"
             ) from exc
@@ -391,7 +422,7 @@ class SnapshotStore:
             entry = await kv.get(key)
         except KeyNotFoundError:  # also raised for a deleted/purged key
             return None
-        except _NATS_FAILURES as exc:
+        except NATS_FAILURES as exc:
             raise NatsUnavailableError(f"reading KV key {key} failed: {_describe(exc)}", setting="NATS_URL") from exc
         return _decode(entry.value, key)
 
@@ -404,7 +435,7 @@ class SnapshotStore:
             keys = await asyncio.wait_for(kv.keys(), timeout=KEYS_TIMEOUT_SECONDS)
         except NoKeysError:
             return []
-        except _NATS_FAILURES as exc:
+        except NATS_FAILURES as exc:
             raise NatsUnavailableError(
                 f"listing keys of bucket {self.bucket} failed: {_describe(exc)}", setting="NATS_URL"
             ) from exc
@@ -450,8 +481,8 @@ class SnapshotStore:
         for _attempt in range(MAX_CAS_ATTEMPTS + len(waits)):
             try:
                 state = await self._fetch_current(ckey)
-            except _NATS_FAILURES as exc:
-                if waits and _transient(exc):
+            except NATS_FAILURES as exc:
+                if waits and is_transient(exc):
                     await asyncio.sleep(waits.pop(0))
                     continue
                 raise PublishError(f"reading {ckey} failed: {_describe(exc)}; {skey} is recorded, current was not "
@@ -477,8 +508,8 @@ class SnapshotStore:
             except KeyWrongLastSequenceError:
                 logger.debug("%s changed while publishing %s; re-reading", ckey, snapshot_id)
                 continue
-            except _NATS_FAILURES as exc:
-                if waits and _transient(exc):
+            except NATS_FAILURES as exc:
+                if waits and is_transient(exc):
                     logger.debug("moving %s: %s; re-reading and retrying", ckey, _describe(exc))
                     await asyncio.sleep(waits.pop(0))
                     continue
@@ -530,7 +561,7 @@ class SnapshotStore:
             raise PublishError(
                 f"moving {ckey} to {snapshot_id} was not confirmed ({_describe(exc)}); check current"
             ) from exc
-        except _NATS_FAILURES as exc:
+        except NATS_FAILURES as exc:
             raise PublishError(
                 f"moving {ckey} to {snapshot_id} failed: {_describe(exc)}; current was not changed"
             ) from exc
@@ -547,7 +578,7 @@ class SnapshotStore:
         try:
             # purge (not delete) drops the old revisions too, which is the point of retention.
             await kv.purge(skey)
-        except _NATS_FAILURES as exc:
+        except NATS_FAILURES as exc:
             raise PublishError(f"deleting {skey} failed: {_describe(exc)}") from exc
         return True
 
@@ -566,14 +597,14 @@ class SnapshotStore:
                 return await kv.create(skey, data)
             except KeyWrongLastSequenceError:
                 break  # exists already: fine if it is this very value (a retried publish, or a lost answer)
-            except _NATS_FAILURES as exc:
-                if waits and _transient(exc):
+            except NATS_FAILURES as exc:
+                if waits and is_transient(exc):
                     await asyncio.sleep(waits.pop(0))
                     continue
                 self._raise_write_error(skey, exc)
         try:
             existing = await kv.get(skey)
-        except _NATS_FAILURES as exc:
+        except NATS_FAILURES as exc:
             raise PublishError(
                 f"{skey} exists but could not be read back: {_describe(exc)}; current was not changed"
             ) from exc
@@ -584,7 +615,7 @@ class SnapshotStore:
         return existing.revision or 0
 
     def _raise_write_error(self, skey: str, exc: BaseException) -> NoReturn:
-        limit = isinstance(exc, APIError) and "maximum" in str(exc.description or "")
+        limit = is_limit_error(exc)
         raise PublishError(
             f"writing {skey} failed: {_describe(exc)}; current was not changed"
             + (f" (the configuration of bucket {self.bucket!r} refuses it: raise its limits or use another bucket)"
@@ -608,39 +639,22 @@ class SnapshotStore:
     ) -> _CurrentState:
         try:
             return await self._fetch_current(key)
-        except _NATS_FAILURES as exc:
+        except NATS_FAILURES as exc:
             if error is PublishError:
                 done = f"{after} is recorded, " if after else ""
                 raise PublishError(f"reading {key} failed: {_describe(exc)}; {done}current was not changed") from exc
             raise NatsUnavailableError(f"reading KV key {key} failed: {_describe(exc)}", setting="NATS_URL") from exc
 
 
-def _transient(exc: BaseException) -> bool:
-    """A failure a retry may cure: a lost answer, a connection being re-established, JetStream still starting."""
-    if isinstance(exc, APIError) and not isinstance(exc, ServiceUnavailableError):
-        return False  # the server answered: a retry gets the same answer
-    if isinstance(exc, ServiceUnavailableError) and "maximum" in str(exc.description or ""):
-        return False  # a bucket limit, not an outage
-    return isinstance(exc, (TimeoutError, OSError, nats.errors.ConnectionClosedError,
-                            nats.errors.ConnectionReconnectingError, nats.errors.NoRespondersError,
-                            nats.errors.StaleConnectionError, ServiceUnavailableError))
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, nats.errors.NoRespondersError):
-        return "no responders (is JetStream enabled on this NATS server?)"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 # -- lifecycle ---------------------------------------------------------------------------------------
 
 
 @asynccontextmanager
-async def snapshot_store(settings: Settings) -> AsyncIterator[SnapshotStore]:
-    """A SnapshotStore on ``NATS_URL``, or on this data dir's embedded server when NATS_URL is unset."""
+async def nats_connection(settings: Settings, **connect_options: Any) -> AsyncIterator[NatsClient]:
+    """A connection to ``NATS_URL``, or to this data dir's embedded server when NATS_URL is unset.
+
+    ``connect_options`` go to :func:`connect_nats` (e.g. ``reconnect_forever`` for a long-running agent).
+    """
     embedded: EmbeddedNats | None = None
     if settings.nats_url:
         conn = NatsConnectionSettings.from_settings(settings)
@@ -651,16 +665,24 @@ async def snapshot_store(settings: Settings) -> AsyncIterator[SnapshotStore]:
         url = await asyncio.to_thread(embedded.acquire)
         conn = NatsConnectionSettings(url=url)  # the loopback server has no auth and no TLS
     try:
-        nc = await connect_nats(conn, url)
+        nc = await connect_nats(conn, url, **connect_options)
         try:
-            store = SnapshotStore(nc.jetstream(), settings.kv_bucket, replicas=settings.kv_replicas)
-            await store.ensure_bucket()
-            yield store
+            yield nc
         finally:
             await _drain_quietly(nc)
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.release)
+
+
+@asynccontextmanager
+async def snapshot_store(settings: Settings) -> AsyncIterator[SnapshotStore]:
+    """A SnapshotStore (bucket created if absent) on the connection :func:`nats_connection` opens."""
+    async with nats_connection(settings) as nc:
+        store = SnapshotStore(nc.jetstream(), settings.kv_bucket, replicas=settings.kv_replicas,
+                              object_bucket=settings.object_bucket)
+        await store.ensure_bucket()
+        yield store
 
 
 async def _drain_quietly(nc: NatsClient) -> None:

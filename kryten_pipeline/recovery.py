@@ -11,8 +11,9 @@ running, in any process using this data dir — makes the live file the one ``cu
 kept copy under ``snapshots/`` (the swap protects that copy from pruning until ``current`` has moved). The
 kept file must match ``current``'s record (snapshot id, item count, sha256) or nothing is touched.
 Nothing is repaired either when there is no ``current`` (the very first publish was interrupted: the
-refresh that follows publishes its own snapshot) or when ``current``'s file is not kept in this data dir
-(another host, a restored backup): that is reported, and the following publish converges.
+refresh that follows publishes its own snapshot). When ``current``'s file is not kept in this data dir (a
+lost disk, a restored backup), it is fetched back from the Object Store and verified against the KV record;
+only if that fails too is it reported, and the following publish converges.
 
 Half-written temp files of dead processes are removed here too, so a run that fails before its build
 still cleans up after the crash.
@@ -25,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kryten_pipeline.delivery import restore_kept_file
+from kryten_pipeline.errors import KrytenError
 from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.kv_store import SnapshotStore
 from kryten_pipeline.snapshot_db import (
@@ -96,6 +99,16 @@ async def reconcile_live_with_current(store: SnapshotStore, data_dir: Path, name
             result.detail = f"no KV current yet; the live file holds {live_id} (its publish did not finish)"
         return result
     problems = kept_file_problems(data_dir, namespace, entry.value)
+    fetched = ""
+    if problems and entry.value.get("object_name"):
+        # The kept copy is gone or changed: current's file comes back from the Object Store, verified.
+        try:
+            await restore_kept_file(store, data_dir, namespace, entry.value)
+        except KrytenError as exc:
+            problems.append(f"fetching it from the Object Store failed too: {exc}")
+        else:
+            fetched = f" (fetched from object {entry.value['object_name']}: {'; '.join(problems)})"
+            problems = kept_file_problems(data_dir, namespace, entry.value)
     if problems:
         result.action = UNREPAIRABLE
         result.detail = (f"the live file holds {live_id or 'nothing readable'} but KV current names {current_id}, "
@@ -105,5 +118,5 @@ async def reconcile_live_with_current(store: SnapshotStore, data_dir: Path, name
     fault_point("recover.restored")
     result.action = RESTORED
     result.detail = (f"the live file held {live_id or 'nothing readable'} but KV current names {current_id} "
-                     f"(a publish or rollback was interrupted): restored {current_id} from its kept file")
+                     f"(a publish or rollback was interrupted): restored {current_id} from its kept file{fetched}")
     return result

@@ -1,8 +1,10 @@
-"""Retention: keep the newest N snapshots of a namespace — kept SQLite files and KV ``snapshots/`` records
-alike — and never the one ``current`` names (nor the live file's).
+"""Retention: keep the newest N snapshots of a namespace — kept SQLite files, KV ``snapshots/`` records and
+Object Store objects alike — and never the one ``current`` names (nor the live file's).
 
 Applied after each successful publish and by the ``prune_snapshots`` job. The same set of ids is kept on
-both sides, so every KV record that survives has a file to roll back to, and the other way round.
+every side, so every KV record that survives has a file to roll back to and an object to install, and the
+other way round. A record goes before its object, so KV never names an object that is gone. Objects that no
+record names (an upload whose publish was interrupted) go too, once a newer snapshot is kept.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.kv_store import SnapshotStore, snapshot_store
+from kryten_pipeline.object_store import object_name
 from kryten_pipeline.settings import Settings
 from kryten_pipeline.snapshot_db import (
     list_kept_snapshots,
@@ -29,6 +32,7 @@ class RetentionResult:
     kept: list[str] = field(default_factory=list)  # newest first
     deleted_files: list[str] = field(default_factory=list)
     deleted_records: list[str] = field(default_factory=list)
+    deleted_objects: list[str] = field(default_factory=list)
     current: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,6 +75,14 @@ async def prune_snapshots(store: SnapshotStore, settings: Settings, namespace: s
         if await store.delete_snapshot_record(namespace, snapshot_id):
             result.deleted_records.append(snapshot_id)
             fault_point("retention.record_deleted")
+    newest_kept = max(kept) if kept else ""
+    for snapshot_id in await store.objects.snapshot_ids(namespace):
+        # Newer than anything kept and named by no record: an upload whose publish may still be under way.
+        if snapshot_id in kept or snapshot_id > newest_kept:
+            continue
+        if await store.objects.delete(object_name(namespace, snapshot_id)):
+            result.deleted_objects.append(snapshot_id)
+            fault_point("retention.object_deleted")
     return result
 
 

@@ -79,7 +79,10 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("NATS_TLS_KEY", "nats_tls_key", None, "client key for NATS mutual TLS"),
     SettingSpec("KRYTEN_KV_BUCKET", "kv_bucket", "kryten_playlist_snapshot", "NATS KV bucket"),
     SettingSpec("KRYTEN_KV_REPLICAS", "kv_replicas", "1",
-                "replicas of the KV bucket when it is created (3 or 5 on a NATS cluster; 1 on a single server)"),
+                "replicas of the KV and Object Store buckets when they are created (3 or 5 on a NATS cluster; "
+                "1 on a single server)"),
+    SettingSpec("KRYTEN_OBJECT_BUCKET", "object_bucket", "kryten_playlist_snapshot_files",
+                "NATS Object Store bucket holding every published snapshot file (what `follow` installs)"),
     SettingSpec("KRYTEN_MAX_REJECT_RATIO", "max_reject_ratio", "0.05",
                 "fail if more than this share of rows is rejected"),
     SettingSpec("KRYTEN_MIN_COUNT_RATIO", "min_count_ratio", "0.5",
@@ -178,6 +181,7 @@ class Settings:
     nats_tls_key: str | None = None
     kv_bucket: str = "kryten_playlist_snapshot"
     kv_replicas: int = 1
+    object_bucket: str = "kryten_playlist_snapshot_files"
     max_reject_ratio: float = 0.05
     min_count_ratio: float = 0.5
     keep_snapshots: int = 3
@@ -260,6 +264,7 @@ class Settings:
             nats_tls_key=raw["nats_tls_key"],
             kv_bucket=raw["kv_bucket"] or "kryten_playlist_snapshot",
             kv_replicas=_as_int(raw["kv_replicas"], "kv_replicas", minimum=1),
+            object_bucket=raw["object_bucket"] or "kryten_playlist_snapshot_files",
             max_reject_ratio=_as_ratio(raw["max_reject_ratio"], "max_reject_ratio"),
             min_count_ratio=_as_ratio(raw["min_count_ratio"], "min_count_ratio"),
             keep_snapshots=_as_int(raw["keep_snapshots"], "keep_snapshots", minimum=1),

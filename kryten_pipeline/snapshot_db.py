@@ -2,10 +2,11 @@
 
 Layout per namespace (``{data_dir}/{namespace}/``):
 - ``catalog.sqlite3`` — the live file readers open read-only (reopen after a swap);
-- ``snapshots/{snapshot_id}.sqlite3`` — kept snapshots (hard links to the same immutable bytes), so a
-  rollback is a swap, not a rebuild;
+- ``snapshots/{snapshot_id}.sqlite3`` — kept snapshots, so a rollback is a swap, not a rebuild. Each is a
+  copy of its own (another inode, never a hard link of the live file): a reader that writes to one file
+  through some other mode bits or as root cannot change another;
 - ``.catalog.{snapshot_id}.{pid}.tmp.sqlite3`` — a build in progress; stale ones are removed.
-A file is never modified once built.
+A file is never modified once built: published and kept files are read-only on disk (``PUBLISHED_FILE_MODE``).
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ SCHEMA_VERSION = 1
 LIVE_DB_NAME = "catalog.sqlite3"
 REQUIRED_META_KEYS = ("snapshot_id", "created_at", "item_count", "schema_version", "source", "namespace")
 DIR_MODE = 0o750
-FILE_MODE = 0o640
+FILE_MODE = 0o640  # files we still write: a build in progress, lock files
+PUBLISHED_FILE_MODE = 0o440  # the live file and kept copies: nobody may write to them
 _TMP_RE = re.compile(r"^\.catalog\.(?P<id>[^.]+)\.(?P<pid>\d+)\.tmp\.sqlite3(?:-journal)?$")
-# Other half-written files a killed process can leave: a kept-file copy (no hard links) and a rejects file.
-_SUBDIR_TMP_RE = re.compile(r"^\..+\.(?P<pid>\d+)\.(?:copy|tmp)$")
+# Other half-written files a killed process can leave: a copy of a published file, a rejects file, a download.
+_SUBDIR_TMP_RE = re.compile(r"^\..+\.(?P<pid>\d+)\.(?:copy|tmp|download)$")
 _BATCH_SIZE = 5000
 
 _DDL = """
@@ -57,8 +59,8 @@ CREATE TABLE catalog_item(
 );
 CREATE TABLE catalog_category(category TEXT PRIMARY KEY);
 CREATE TABLE catalog_item_category(
-    video_id TEXT NOT NULL,
-    category TEXT NOT NULL,
+    video_id TEXT NOT NULL REFERENCES catalog_item(video_id) ON DELETE CASCADE,
+    category TEXT NOT NULL REFERENCES catalog_category(category) ON DELETE CASCADE,
     PRIMARY KEY(video_id, category)
 ) WITHOUT ROWID;
 CREATE TABLE snapshot_meta(key TEXT PRIMARY KEY, value TEXT);
@@ -73,7 +75,8 @@ FTS_BUILD_HASHSIZE = 64 * 1024 * 1024
 FTS_DEFAULT_HASHSIZE = 1024 * 1024
 # Indexes and the FTS5 index are built once, after the bulk load: much faster than per-row upkeep.
 _POST_LOAD = f"""
-CREATE INDEX idx_catalog_item_title ON catalog_item(title);
+CREATE INDEX idx_catalog_title ON catalog_item(title);
+CREATE INDEX idx_catalog_snapshot ON catalog_item(snapshot_id);
 CREATE INDEX idx_catalog_item_category_category ON catalog_item_category(category, video_id);
 CREATE VIRTUAL TABLE catalog_fts USING fts5(
     video_id UNINDEXED, title, title_alt, categories,
@@ -223,6 +226,7 @@ def build_snapshot_db(
         if not report.passed:
             raise SnapshotBuildError("snapshot failed verification: " + "; ".join(report.problems))
         fault_point("build.after_verify")
+        os.chmod(tmp, PUBLISHED_FILE_MODE)  # complete: from here on nobody writes to it
         _fsync_file(tmp)
         fault_point("build.after_fsync")
         sha256 = file_sha256(tmp)
@@ -367,6 +371,10 @@ def verify_snapshot_db(path: Path, *, expected_snapshot_id: str | None = None) -
         ).fetchone()[0]
         if stray:
             problems.append(f"{stray} rows carry another snapshot_id than snapshot_meta's")
+        orphans = conn.execute("PRAGMA foreign_key_check").fetchmany(3)
+        if orphans:
+            problems.append("catalog_item_category rows without their item or category (foreign_key_check): "
+                            + ", ".join(f"{table} rowid {rowid} → {parent}" for table, rowid, parent, _ in orphans))
     except sqlite3.Error as exc:
         return VerificationReport(Path(path), "error", 0, 0, {}, [f"cannot read snapshot: {exc}"])
     finally:
@@ -423,11 +431,11 @@ def install_snapshot(built: BuiltSnapshot, *, data_dir: Path, keep: int,
                 f"live snapshot {previous} is newer than {built.snapshot_id}; not swapped in"
             )
         ensure_dir(kept.parent)
-        _link_or_copy(built.path, kept)
+        copy_published_file(built.path, kept)
         fault_point("install.after_link")
         os.replace(built.path, live)
         fault_point("install.after_replace")
-        _fsync_dir(live.parent)
+        fsync_dir(live.parent)
         fault_point("install.after_dir_fsync")
         # The previous live snapshot is what KV current names until the publish moves it: its kept file
         # must outlive this swap (a failed or interrupted publish swaps it back); retention prunes it later.
@@ -447,10 +455,7 @@ def install_kept_snapshot(data_dir: Path, namespace: str, snapshot_id: str) -> I
     live = live_db_path(data_dir, namespace)
     with namespace_lock(data_dir, namespace):
         live_meta = _safe_meta(live)
-        tmp = live.with_name(f".catalog.{snapshot_id}.{os.getpid()}.tmp.sqlite3")
-        _link_or_copy(kept, tmp)
-        os.replace(tmp, live)
-        _fsync_dir(live.parent)
+        copy_published_file(kept, live)
     return InstalledSnapshot(live, kept, live_meta.get("snapshot_id") if live_meta else None, [])
 
 
@@ -463,7 +468,7 @@ def withdraw_live_snapshot(data_dir: Path, namespace: str, snapshot_id: str) -> 
         if not meta or meta.get("snapshot_id") != snapshot_id:
             return False
         live.unlink()
-        _fsync_dir(live.parent)
+        fsync_dir(live.parent)
     return True
 
 
@@ -500,8 +505,8 @@ def remove_stale_temp_files(data_dir: Path, namespace: str) -> list[str]:
     if not folder.is_dir():
         return removed
     for path in folder.iterdir():
-        match = _TMP_RE.match(path.name)
-        if match and not _pid_alive(int(match["pid"])):
+        match = _TMP_RE.match(path.name) or _SUBDIR_TMP_RE.match(path.name)
+        if match and not pid_alive(int(match["pid"])):
             _unlink_quietly(path)
             removed.append(path.name)
     for sub in ("snapshots", "rejects"):
@@ -509,7 +514,7 @@ def remove_stale_temp_files(data_dir: Path, namespace: str) -> list[str]:
             continue
         for path in (folder / sub).iterdir():
             match = _SUBDIR_TMP_RE.match(path.name)
-            if match and not _pid_alive(int(match["pid"])):
+            if match and not pid_alive(int(match["pid"])):
                 _unlink_quietly(path)
                 removed.append(f"{sub}/{path.name}")
     return removed
@@ -530,21 +535,22 @@ def _safe_meta(path: Path) -> dict[str, str] | None:
         return None  # an unreadable live file is replaced, never trusted
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        dst.unlink()
+def copy_published_file(src: Path, dst: Path) -> None:
+    """Put a read-only copy of ``src`` at ``dst`` atomically: a new inode, never a hard link, so that a write
+    to one (by root, or after a chmod) can never change the other."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.copy")
     try:
-        os.link(src, dst)
-    except OSError:
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.copy")
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, FILE_MODE)
+        shutil.copyfile(src, tmp)  # in-kernel copy (sendfile / copy_file_range) on Linux
+        os.chmod(tmp, PUBLISHED_FILE_MODE)
         _fsync_file(tmp)
         os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    fsync_dir(dst.parent)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:
@@ -564,7 +570,7 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

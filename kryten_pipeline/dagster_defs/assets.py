@@ -28,9 +28,11 @@ from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.gc_tuning import bulk_work
 from kryten_pipeline.kv_store import CurrentEntry, PublishResult, current_key, snapshot_key, snapshot_store
 from kryten_pipeline.manifest import manifest_base_from
+from kryten_pipeline.object_store import StoredObject, object_name
 from kryten_pipeline.recovery import Reconciliation, reconcile_live_with_current
 from kryten_pipeline.settings import Settings
 from kryten_pipeline.snapshot_db import (
+    BuiltSnapshot,
     build_snapshot_db,
     install_kept_snapshot,
     install_snapshot,
@@ -260,8 +262,9 @@ def validated_items(
     partitions_def=namespace_partitions,
     group_name=GROUP,
     owners=OWNERS,
-    kinds={"sqlite"},
-    description="A new SQLite search index (FTS5) built, verified and swapped in atomically as catalog.sqlite3.",
+    kinds={"sqlite", "nats"},
+    description="A new SQLite search index (FTS5) built, verified, stored in the NATS Object Store "
+    "(KRYTEN_OBJECT_BUCKET) and swapped in atomically as catalog.sqlite3.",
     check_specs=[
         dg.AssetCheckSpec(
             "sqlite_integrity",
@@ -280,11 +283,12 @@ def validated_items(
     ],
 )
 def sqlite_snapshot(
-    context: dg.AssetExecutionContext, validated_items: pd.DataFrame, pipeline: PipelineResource
+    context: dg.AssetExecutionContext, validated_items: pd.DataFrame, pipeline: PipelineResource,
+    nats: NatsResource,
 ) -> Any:
     namespace = context.partition_key
     fault_point("step.sqlite_snapshot.start")
-    settings = kryten_settings(pipeline)
+    settings = kryten_settings(pipeline, nats)
     now = datetime.now(UTC)
     live_meta = read_snapshot_meta(live_db_path(settings.data_dir, namespace))
     snapshot_id = new_snapshot_id(now, after=live_meta.get("snapshot_id") if live_meta else None)
@@ -343,6 +347,17 @@ def sqlite_snapshot(
             ),
             namespace=namespace,
         )
+    # The file goes into the Object Store before it is swapped in (and so before KV can name it): a failed
+    # put leaves the live file and current as they were.
+    t0 = time.perf_counter()
+    try:
+        stored = asyncio.run(_store_file(settings, built))
+    except KrytenError as exc:
+        built.path.unlink(missing_ok=True)
+        raise failure(exc, namespace=namespace) from exc
+    put_s = time.perf_counter() - t0
+    context.log.info(f"stored {built.size_bytes} bytes as object {stored.name} of bucket {stored.bucket} "
+                     f"in {put_s:.2f} s")
     try:
         installed = install_snapshot(built, data_dir=settings.data_dir, keep=settings.keep_snapshots)
     except (StaleSnapshotError, OSError) as exc:
@@ -365,6 +380,9 @@ def sqlite_snapshot(
         "sqlite_path": str(installed.live_path.resolve()),
         "snapshot_file": str(installed.snapshot_file.resolve()),
         "sqlite_sha256": built.sha256,
+        "size_bytes": built.size_bytes,
+        "object_bucket": stored.bucket,
+        "object_name": stored.name,
         "previous_snapshot_id": installed.previous_snapshot_id,
         "diff": dict(diff.counts) if diff else None,
         "diff_summary": diff.summary() if diff else None,
@@ -378,6 +396,11 @@ def sqlite_snapshot(
             "snapshot_file": dg.MetadataValue.path(info["snapshot_file"]),
             "sha256": built.sha256,
             "size_bytes": built.size_bytes,
+            "object_bucket": stored.bucket,
+            "object_name": stored.name,
+            "object_chunks": stored.chunks,
+            "timing.object_put_s": round(put_s, 3),
+            "object_put_mb_per_s": round(built.size_bytes / 1e6 / put_s, 1) if put_s > 0 else 0.0,
             "category_count": built.category_count,
             "category_memberships": built.membership_count,
             "previous_snapshot_id": installed.previous_snapshot_id or "none",
@@ -389,6 +412,14 @@ def sqlite_snapshot(
             **{f"timing.{k}": v for k, v in built.timings.items()},
         },
     )
+
+
+async def _store_file(settings: Settings, built: BuiltSnapshot) -> StoredObject:
+    async with snapshot_store(settings) as store:
+        return await store.objects.put_file(
+            object_name(built.namespace, built.snapshot_id), built.path, sha256=built.sha256,
+            description=f"kryten snapshot {built.namespace}/{built.snapshot_id}: {built.item_count} items",
+        )
 
 
 def _diff_metadata(diff: SnapshotDiff | None) -> dict[str, Any]:
@@ -414,7 +445,8 @@ def _diff_metadata(diff: SnapshotDiff | None) -> dict[str, Any]:
     owners=OWNERS,
     kinds={"nats"},
     description="The snapshot recorded in NATS KV: ns/{ns}/snapshots/{id} (create-only), then ns/{ns}/current "
-    "by compare-and-set, never backwards.",
+    "by compare-and-set, never backwards. Each value names the snapshot file's object (object_bucket, "
+    "object_name, size_bytes, sqlite_sha256), which followers install.",
 )
 def kv_published(
     context: dg.AssetExecutionContext, sqlite_snapshot: dict[str, Any], pipeline: PipelineResource,
@@ -468,13 +500,15 @@ def _apply_retention(settings: Settings, namespace: str, context: dg.AssetExecut
     except KrytenError as exc:
         context.log.warning(f"retention skipped: {exc}")
         return {"retention": f"skipped: {exc}"}
-    if pruned.deleted_files or pruned.deleted_records:
+    if pruned.deleted_files or pruned.deleted_records or pruned.deleted_objects:
         context.log.info(f"retention: kept {', '.join(pruned.kept)}; deleted records "
-                         f"{pruned.deleted_records or 'none'}, files {pruned.deleted_files or 'none'}")
+                         f"{pruned.deleted_records or 'none'}, files {pruned.deleted_files or 'none'}, "
+                         f"objects {pruned.deleted_objects or 'none'}")
     return {
         "kept_snapshots": dg.MetadataValue.json(pruned.kept),
         "pruned_records": dg.MetadataValue.json(pruned.deleted_records),
         "pruned_files": dg.MetadataValue.json(pruned.deleted_files),
+        "pruned_objects": dg.MetadataValue.json(pruned.deleted_objects),
     }
 
 
@@ -495,6 +529,9 @@ def kv_value(snapshot: dict[str, Any], *, run_id: str) -> dict[str, Any]:
         "namespace": snapshot["namespace"],
         "sqlite_path": snapshot["sqlite_path"],
         "sqlite_sha256": snapshot["sqlite_sha256"],
+        "size_bytes": snapshot["size_bytes"],
+        "object_bucket": snapshot["object_bucket"],
+        "object_name": snapshot["object_name"],
         "category_count": snapshot["category_count"],
         "rejected_count": snapshot.get("rejected_count", 0),
         "run_id": run_id,

@@ -50,8 +50,8 @@ def _checked_namespace(context: dg.OpExecutionContext, namespace: str) -> str:
 
 
 @dg.op(
-    description="Delete kept SQLite files and KV snapshots/ records beyond the newest `keep` "
-    "(default KRYTEN_KEEP_SNAPSHOTS) of one namespace; never the current or the live one.",
+    description="Delete kept SQLite files, KV snapshots/ records and their Object Store objects beyond the newest "
+    "`keep` (default KRYTEN_KEEP_SNAPSHOTS) of one namespace; never the current or the live one.",
 )
 def prune_namespace_snapshots(
     context: dg.OpExecutionContext, config: PruneSnapshotsConfig, pipeline: PipelineResource, nats: NatsResource
@@ -67,7 +67,8 @@ def prune_namespace_snapshots(
         raise failure(error, namespace=namespace) from exc
     context.log.info(
         f"namespace {namespace}: kept {', '.join(result.kept) or 'nothing'}; deleted records "
-        f"{result.deleted_records or 'none'}, files {result.deleted_files or 'none'}"
+        f"{result.deleted_records or 'none'}, files {result.deleted_files or 'none'}, "
+        f"objects {result.deleted_objects or 'none'}"
     )
     return dg.Output(
         result.to_dict(),
@@ -77,6 +78,7 @@ def prune_namespace_snapshots(
             "kept": dg.MetadataValue.json(result.kept),
             "deleted_records": dg.MetadataValue.json(result.deleted_records),
             "deleted_files": dg.MetadataValue.json(result.deleted_files),
+            "deleted_objects": dg.MetadataValue.json(result.deleted_objects),
             "current": result.current or "none",
         },
     )

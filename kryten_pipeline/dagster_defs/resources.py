@@ -85,7 +85,8 @@ class CatalogSourceResource(dg.ConfigurableResource):
 
 
 class NatsResource(dg.ConfigurableResource):
-    """Where the snapshot metadata is recorded (NATS KV); no URL → embedded nats-server."""
+    """Where snapshots are published: metadata in NATS KV, files in the Object Store; no URL → embedded
+    nats-server."""
 
     nats_url: str | None = None
     nats_user: str | None = None
@@ -97,6 +98,7 @@ class NatsResource(dg.ConfigurableResource):
     nats_tls_key: str | None = None
     kv_bucket: str | None = "kryten_playlist_snapshot"
     kv_replicas: str | None = "1"
+    object_bucket: str | None = "kryten_playlist_snapshot_files"
 
 
 RESOURCE_CLASSES: dict[str, type[dg.ConfigurableResource]] = {
