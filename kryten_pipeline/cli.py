@@ -95,6 +95,27 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true")
     search.set_defaults(handler=cmd_search)
 
+    follow = sub.add_parser(
+        "follow", help="install every snapshot of a namespace at PATH on this host (needs only NATS_URL)",
+        description="Watch KV ns/{ns}/current and install each snapshot it names at PATH: downloaded from the "
+        "Object Store, verified (size, sha256, integrity_check, snapshot id), installed atomically. Runs until "
+        "SIGINT/SIGTERM; with --once installs the current snapshot and exits.",
+    )
+    follow.add_argument("--namespace", "-n", help="namespace (default: the first of KRYTEN_NAMESPACES)")
+    follow.add_argument("--to", required=True, metavar="PATH", help="the database file readers open")
+    follow.add_argument("--exec", dest="exec_command", metavar="CMD",
+                        help="shell command run after each install (KRYTEN_SNAPSHOT_ID, KRYTEN_SNAPSHOT_PATH set)")
+    follow.add_argument("--once", action="store_true", help="install the current snapshot (if needed) and exit")
+    _delivery_options(follow)
+    follow.set_defaults(handler=cmd_follow)
+
+    pull = sub.add_parser("pull", help="install one snapshot (default: current) at PATH from the Object Store")
+    pull.add_argument("--namespace", "-n")
+    pull.add_argument("--to", required=True, metavar="PATH", help="the database file to install")
+    pull.add_argument("--snapshot", metavar="SNAPSHOT_ID", help="a kept snapshot instead of current")
+    _delivery_options(pull)
+    pull.set_defaults(handler=cmd_pull, once=True, exec_command=None)
+
     for name, what in (("serve", "the admin HTTP endpoint and the NATS refresh command"),
                        ("serve-admin", "the admin HTTP endpoint (POST /refresh, GET /status; KRYTEN_ADMIN_TOKEN)"),
                        ("serve-nats", "the NATS command {prefix}.playlist.cmd.catalog_refresh (request/reply)")):
@@ -106,6 +127,27 @@ def _parser() -> argparse.ArgumentParser:
     namespaces.add_argument("names", nargs="*", metavar="NS")
     namespaces.set_defaults(handler=cmd_namespaces)
     return parser
+
+
+def _delivery_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", choices=("kryten-playlist",),
+                        help="add the columns the kryten-playlist code reads to this host's copy")
+    parser.add_argument("--mode", default="0644", type=_file_mode,
+                        help="permissions of the installed file (default 0644; the reader's user must be able to "
+                        "write if it switches the file to WAL: run follow as that user)")
+    parser.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="give a download up when no data arrived for this long (default 30)")
+    parser.add_argument("--json", action="store_true", help="print what was installed as JSON on stdout")
+
+
+def _file_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 0644") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file mode")
+    return mode
 
 
 def _settings_and_namespace(namespace: str | None) -> tuple[Settings, str]:
@@ -403,6 +445,76 @@ def cmd_refresh_all(args: argparse.Namespace) -> int:
         for s in failed:
             print(f"error: {s['namespace']}: {s.get('error') or 'refresh failed'}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    return cmd_follow(args)
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    """``follow`` (until stopped, or ``--once``) and ``pull``: snapshots from NATS installed at ``--to``."""
+    settings, namespace = _settings_and_namespace(args.namespace)
+    from kryten_pipeline.follower import (
+        Follower,
+        InstallTarget,
+        describe_hook,
+        log_line,
+        pull_snapshot,
+        run_hook,
+        terminal_progress,
+    )
+    from kryten_pipeline.snapshot_id import is_snapshot_id
+
+    snapshot_id = getattr(args, "snapshot", None)
+    if snapshot_id is not None and not is_snapshot_id(snapshot_id):
+        raise ConfigurationError(f"{snapshot_id!r} is not a snapshot id (like 20251218T123456Z-7f3a9c)",
+                                 setting="--snapshot")
+    target = InstallTarget(Path(args.to), file_mode=args.mode)
+    progress = terminal_progress()
+    if not args.once:
+        follower = Follower(settings, namespace, target, exec_command=args.exec_command, profile=args.profile,
+                            progress=progress, stall_timeout=args.stall_timeout)
+        return _run_until_signal(follower.run(), lambda: log_line(
+            f"follow: stopped ({follower.installs} installs this run; {target.path} holds "
+            f"{target.installed_snapshot_id() or 'nothing'})"))
+
+    async def once() -> Any:
+        report = await pull_snapshot(settings, namespace, target, snapshot_id=snapshot_id, profile=args.profile,
+                                     progress=progress, stall_timeout=args.stall_timeout)
+        if args.exec_command and report.action == "installed":
+            report.hook = await run_hook(args.exec_command, report)
+        return report
+
+    report = asyncio.run(once())
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.line())
+        if report.hook is not None:
+            print(describe_hook(report.hook))
+    if report.hook is not None and not report.hook.ok:
+        print(f"error: {describe_hook(report.hook)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _run_until_signal(coroutine: Any, on_stop: Any) -> int:
+    """Run a long-lived agent; SIGTERM or SIGINT stops it cleanly (a download in progress is removed)."""
+    import signal
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)  # type: ignore[union-attr]
+        await coroutine
+
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        on_stop()
+        return EXIT_OK
+    return EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

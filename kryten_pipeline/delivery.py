@@ -40,8 +40,11 @@ __all__ = ["DOWNLOAD_SUFFIX", "FetchedSnapshot", "fetch_snapshot_file", "remove_
 
 DOWNLOAD_SUFFIX = ".download"
 _DOWNLOAD_RE = re.compile(r"^\..+\.(?P<pid>\d+)\.download$")
-# Room left free beside a download, on top of the file itself (SQLite's temp files, the filesystem).
-_SPACE_MARGIN_BYTES = 8 * 1024 * 1024
+
+
+def _space_margin(size: int) -> int:
+    """Room to leave free beside a download on top of the file itself (a profile's ALTER, the filesystem)."""
+    return 1024 * 1024 + size // 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +100,11 @@ async def fetch_snapshot_file(
                             setting="KRYTEN_OBJECT_BUCKET")
     if info.size != expected_size or (info.sha256 and info.sha256 != expected_sha):
         raise DeliveryError(f"object {name} holds {info.size} bytes / sha256 {info.sha256} but KV recorded "
-                            f"{expected_size} bytes / {expected_sha} for {snapshot_id}: not the published file")
+                            f"{expected_size} bytes / {expected_sha} for {snapshot_id} (digest mismatch): not the "
+                            f"published file", setting="KRYTEN_OBJECT_BUCKET")
     ensure_dir(directory)
     free = shutil.disk_usage(directory).free
-    if free < expected_size + _SPACE_MARGIN_BYTES:
+    if free < expected_size + _space_margin(expected_size):
         raise DeliveryError(f"not enough disk space in {directory}: snapshot {snapshot_id} needs {expected_size} "
                             f"bytes, {free} are free", setting=setting)
     if on_size is not None:

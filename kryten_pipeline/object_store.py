@@ -85,6 +85,11 @@ def sha256_hex_of_digest(digest: str | None) -> str | None:
     return raw.hex() if len(raw) == 32 else None
 
 
+# Object headers (NATS header form: name → list of values) saying which KV bucket published an object, so
+# that retention only ever sweeps objects of its own pipeline when several share a bucket.
+KV_BUCKET_HEADER = "Kryten-Kv-Bucket"
+
+
 @dataclass(frozen=True, slots=True)
 class StoredObject:
     bucket: str
@@ -92,11 +97,16 @@ class StoredObject:
     size: int
     sha256: str | None
     chunks: int
+    kv_bucket: str | None = None
 
     @classmethod
     def from_info(cls, bucket: str, info: ObjectInfo) -> StoredObject:
+        owner = (info.headers or {}).get(KV_BUCKET_HEADER)
+        if isinstance(owner, list):
+            owner = owner[0] if owner else None
         return cls(bucket=bucket, name=info.name, size=int(info.size or 0),
-                   sha256=sha256_hex_of_digest(info.digest), chunks=int(info.chunks or 0))
+                   sha256=sha256_hex_of_digest(info.digest), chunks=int(info.chunks or 0),
+                   kv_bucket=owner if isinstance(owner, str) else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +227,8 @@ class SnapshotObjectStore:
             ) from exc
         return StoredObject.from_info(self.bucket, info)
 
-    async def snapshot_ids(self, namespace: str) -> list[str]:
-        """Snapshot ids that have an object in ``namespace``, oldest first."""
+    async def snapshot_objects(self, namespace: str) -> dict[str, StoredObject]:
+        """Snapshot id → object, for every snapshot file of ``namespace`` in the bucket."""
         store = await self.ensure_bucket()
         try:
             infos = await store.list(ignore_deletes=True)
@@ -228,8 +238,12 @@ class SnapshotObjectStore:
             raise NatsUnavailableError(
                 f"listing bucket {self.bucket!r} failed: {describe_nats_error(exc)}", setting="NATS_URL"
             ) from exc
-        ids = {_snapshot_id_of(info.name, namespace) for info in infos if not info.deleted}
-        return sorted(i for i in ids if i)
+        found: dict[str, StoredObject] = {}
+        for info in infos:
+            snapshot_id = _snapshot_id_of(info.name or "", namespace)
+            if snapshot_id and not info.deleted:
+                found[snapshot_id] = StoredObject.from_info(self.bucket, info)
+        return dict(sorted(found.items()))
 
     async def fetch_into(
         self, name: str, sink: BinaryIO, *, progress: Callable[[int], None] | None = None,
@@ -281,10 +295,11 @@ class SnapshotObjectStore:
 
     # -- writes --------------------------------------------------------------------------------------
 
-    async def put_file(self, name: str, path: Path, *, sha256: str, description: str | None = None) -> StoredObject:
+    async def put_file(self, name: str, path: Path, *, sha256: str, description: str | None = None,
+                       kv_bucket: str | None = None) -> StoredObject:
         """Store the file at ``path`` as object ``name``, streamed from disk; the stored object must have the
         size and ``sha256`` of the file, else PublishError. An object already holding these bytes is kept
-        (a retried publish uploads nothing)."""
+        (a retried publish uploads nothing). ``kv_bucket``: the KV bucket that will name it (a header)."""
         path = Path(path)
         size = path.stat().st_size
         store = await self.ensure_bucket()
@@ -292,7 +307,8 @@ class SnapshotObjectStore:
         if existing is not None and existing.size == size and existing.sha256 == sha256:
             return existing
         chunk_size = await self._chunk_size_for(store, size, replacing=existing.size if existing else 0)
-        meta = ObjectMeta(name=name, description=description, options=ObjectMetaOptions(max_chunk_size=chunk_size))
+        meta = ObjectMeta(name=name, description=description, options=ObjectMetaOptions(max_chunk_size=chunk_size),
+                          headers={KV_BUCKET_HEADER: [kv_bucket]} if kv_bucket else None)
         fault_point("object.before_put")
         try:
             with open(path, "rb") as handle:

@@ -4,7 +4,8 @@ Object Store objects alike — and never the one ``current`` names (nor the live
 Applied after each successful publish and by the ``prune_snapshots`` job. The same set of ids is kept on
 every side, so every KV record that survives has a file to roll back to and an object to install, and the
 other way round. A record goes before its object, so KV never names an object that is gone. Objects that no
-record names (an upload whose publish was interrupted) go too, once a newer snapshot is kept.
+record names (an upload whose publish was interrupted) go too, once a newer snapshot is kept — only those
+this pipeline's KV bucket published (the object's ``Kryten-Kv-Bucket`` header).
 """
 
 from __future__ import annotations
@@ -76,10 +77,11 @@ async def prune_snapshots(store: SnapshotStore, settings: Settings, namespace: s
             result.deleted_records.append(snapshot_id)
             fault_point("retention.record_deleted")
     newest_kept = max(kept) if kept else ""
-    for snapshot_id in await store.objects.snapshot_ids(namespace):
-        # Newer than anything kept and named by no record: an upload whose publish may still be under way.
-        if snapshot_id in kept or snapshot_id > newest_kept:
-            continue
+    for snapshot_id, stored in (await store.objects.snapshot_objects(namespace)).items():
+        if snapshot_id in kept or stored.kv_bucket != store.bucket:
+            continue  # kept, or another pipeline's (a bucket may be shared by several KV buckets)
+        if snapshot_id > newest_kept:
+            continue  # newer than anything kept and named by no record: a publish that may still be under way
         if await store.objects.delete(object_name(namespace, snapshot_id)):
             result.deleted_objects.append(snapshot_id)
             fault_point("retention.object_deleted")

@@ -37,7 +37,7 @@ from kryten_pipeline.snapshot_db import (
 from kryten_pipeline.snapshot_status import read_snapshot_status
 
 CLI_TIMEOUT_S = 240
-TEMP_FILE = re.compile(r"\.tmp\b|\.tmp\.|\.copy$|-journal$")
+TEMP_FILE = re.compile(r"\.tmp\b|\.tmp\.|\.copy$|\.download$|-journal$")
 
 
 def cli_environment(data_dir: Path, **env: str | None) -> dict[str, str]:

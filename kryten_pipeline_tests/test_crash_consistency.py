@@ -101,6 +101,8 @@ POINTS = [
     Point("build.after_meta", OLD),
     Point("build.after_verify", OLD),
     Point("build.after_fsync", OLD),
+    Point("object.before_put", OLD),
+    Point("object.after_put", OLD),
     Point("install.locked", OLD),
     Point("install.after_link", OLD),
     Point("install.after_replace", WINDOW),
@@ -114,6 +116,7 @@ POINTS = [
     Point("kv.after_current_cas", NEW),
     Point("retention.files_pruned", NEW, env=KEEP_1),
     Point("retention.record_deleted", NEW, env=KEEP_1),
+    Point("retention.object_deleted", NEW, env=KEEP_1, before="object.after_put"),  # sweeps that orphan
     Point("step.kv_published.end", NEW),
     Point("run.finished", NEW),
     Point("recover.restored", OLD, before="kv.before_current_cas"),

@@ -168,7 +168,7 @@ def test_admin_endpoint_auth_refresh_and_status(env: PipelineEnv, instance: dg.D
         status = http.get("/status", params={"namespace": "default"}, headers=auth)
         assert status.status_code == 200
         body = status.json()
-        assert set(body) == {"namespace", "consistent", "kv", "sqlite", "problems"}
+        assert set(body) == {"namespace", "consistent", "kv", "sqlite", "object", "problems"}
         assert body["consistent"] is True and body["kv"]["current"]["snapshot_id"] == described["snapshot_id"]
         assert body["sqlite"]["snapshot_id"] == described["snapshot_id"]
 

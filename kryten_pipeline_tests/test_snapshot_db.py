@@ -53,7 +53,13 @@ def test_schema_contract_and_meta(tmp_path: Path) -> None:
     assert columns(conn, "catalog_category") == ["category"]
     assert columns(conn, "catalog_item_category") == ["video_id", "category"]
     indexes = {row[1] for row in conn.execute("PRAGMA index_list(catalog_item)")}
-    assert "idx_catalog_item_title" in indexes
+    assert {"idx_catalog_title", "idx_catalog_snapshot"} <= indexes  # the names the kryten spec gives
+    title_index = conn.execute("PRAGMA index_info(idx_catalog_title)").fetchall()
+    assert [row[2] for row in title_index] == ["title"]
+    assert [row[2] for row in conn.execute("PRAGMA index_info(idx_catalog_snapshot)")] == ["snapshot_id"]
+    foreign = {(row[2], row[3], row[4]) for row in conn.execute("PRAGMA foreign_key_list(catalog_item_category)")}
+    assert foreign == {("catalog_item", "video_id", "video_id"), ("catalog_category", "category", "category")}
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     meta = dict(conn.execute("SELECT key, value FROM snapshot_meta"))
     assert set(REQUIRED_META_KEYS) <= set(meta)
     assert meta["snapshot_id"] == "20251218T123456Z-aaaaaa" and meta["item_count"] == "30"

@@ -419,6 +419,7 @@ async def _store_file(settings: Settings, built: BuiltSnapshot) -> StoredObject:
         return await store.objects.put_file(
             object_name(built.namespace, built.snapshot_id), built.path, sha256=built.sha256,
             description=f"kryten snapshot {built.namespace}/{built.snapshot_id}: {built.item_count} items",
+            kv_bucket=settings.kv_bucket,
         )
 
 
