@@ -14,26 +14,34 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import ObjectInfo, ObjectMeta, ObjectMetaOptions, ObjectStoreConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    ObjectInfo,
+    ObjectMeta,
+    ObjectMetaOptions,
+    ObjectStoreConfig,
+)
 from nats.js.errors import (
     APIError,
     BucketNotFoundError,
-    DigestMismatchError,
     InvalidBucketNameError,
     NotFoundError,
     ServiceUnavailableError,
 )
-from nats.js.object_store import ObjectStore
+from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE, ObjectStore
 
 from kryten_pipeline.errors import ConfigurationError, DeliveryError, NatsUnavailableError, PublishError
 from kryten_pipeline.fault_points import fault_point
@@ -57,6 +65,14 @@ CHUNK_SIZE = 512 * 1024
 # Bytes JetStream accounts per stored chunk beyond its payload (subject, sequence, timestamps), an upper bound.
 _PER_CHUNK_OVERHEAD = 256
 STALL_TIMEOUT_S = 30.0
+_FETCH_BATCH = 8  # chunks per pull request: at most ~4 MiB in flight
+
+
+def _write_chunks(sink: BinaryIO, payloads: list[bytes], digest: Any) -> None:
+    for payload in payloads:
+        fault_point("object.fetch_chunk")
+        sink.write(payload)
+        digest.update(payload)
 
 
 def object_name(namespace: str, snapshot_id: str) -> str:
@@ -115,33 +131,6 @@ class FetchedObject:
     size: int
     sha256: str
     seconds: float
-
-
-class _HashingSink:
-    """Where nats-py writes the chunks (from its executor threads): the file, a running sha256, a byte
-    count and the time of the last chunk, which the stall watchdog reads."""
-
-    def __init__(self, sink: BinaryIO, progress: Callable[[int], None] | None) -> None:
-        self._sink = sink
-        self._progress = progress
-        self._hash = hashlib.sha256()
-        self._lock = threading.Lock()
-        self.count = 0
-        self.last_write = time.monotonic()
-
-    def write(self, data: bytes) -> int:
-        with self._lock:
-            fault_point("object.fetch_chunk")
-            written = self._sink.write(data)
-            self._hash.update(data)
-            self.count += len(data)
-            self.last_write = time.monotonic()
-        if self._progress is not None:
-            self._progress(len(data))
-        return written if written is not None else len(data)
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
 
 
 class SnapshotObjectStore:
@@ -249,49 +238,71 @@ class SnapshotObjectStore:
         self, name: str, sink: BinaryIO, *, progress: Callable[[int], None] | None = None,
         stall_timeout: float = STALL_TIMEOUT_S,
     ) -> FetchedObject:
-        """Stream object ``name`` into ``sink``; the sha256 of what was written is computed on the way.
+        """Stream object ``name`` into ``sink``; size and sha256 of what was written are computed on the way
+        and must match the object's own (else DeliveryError: corrupted in the store).
 
-        Raises DeliveryError when the object is missing, its chunks do not match its digest, or no chunk
-        arrived for ``stall_timeout`` seconds (a NATS outage or chunks purged mid-download).
+        The chunks are read with an ephemeral pull consumer on the object's chunk subject (the Object Store
+        layout: ``$O.<bucket>.C.<nuid>``), in batches: nats-py's ``ObjectStore.get`` reads them through an
+        ordered push consumer that manages ~25 MB/s here, the pull consumer ~250 MB/s. Raises DeliveryError
+        when the object is missing, or when no chunk arrived for ``stall_timeout`` seconds (a NATS outage, or
+        the object deleted mid-download).
         """
-        store = await self.ensure_bucket()
-        writer = _HashingSink(sink, progress)
         started = time.monotonic()
-        task = asyncio.ensure_future(store.get(name, writeinto=writer))  # type: ignore[arg-type]
+        store = await self.ensure_bucket()
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=min(1.0, stall_timeout))
-                if done:
-                    break
-                if time.monotonic() - writer.last_write > stall_timeout:
+            info = await store.get_info(name)
+        except NotFoundError:
+            raise DeliveryError(f"object {name} is not in bucket {self.bucket!r} (deleted, or never stored)",
+                                setting="KRYTEN_OBJECT_BUCKET") from None
+        except NATS_FAILURES as exc:
+            raise DeliveryError(f"reading object {name} of bucket {self.bucket!r} failed: "
+                                f"{describe_nats_error(exc)}", setting="NATS_URL") from exc
+        expected_chunks, expected_size = int(info.chunks or 0), int(info.size or 0)
+        digest = hashlib.sha256()
+        received = chunks = 0
+        subscription = None
+        try:
+            if expected_chunks:
+                subscription = await self._js.pull_subscribe(
+                    OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=info.nuid),
+                    stream=OBJ_STREAM_TEMPLATE.format(bucket=self.bucket),
+                    config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL,
+                                          inactive_threshold=max(60.0, stall_timeout * 2)),
+                )
+            while chunks < expected_chunks:
+                try:
+                    batch = await subscription.fetch(min(_FETCH_BATCH, expected_chunks - chunks),  # type: ignore[union-attr]
+                                                     timeout=stall_timeout)
+                except nats.errors.TimeoutError:
                     raise DeliveryError(
                         f"download of {name} from bucket {self.bucket!r} stalled: no data for {stall_timeout:.0f} s "
-                        f"after {writer.count} bytes (NATS unreachable, or the object was deleted meanwhile)",
-                        setting="NATS_URL",
-                    )
-            task.result()
-        except NotFoundError:
-            raise DeliveryError(
-                f"object {name} is not in bucket {self.bucket!r} (deleted, or never stored)",
-                setting="KRYTEN_OBJECT_BUCKET",
-            ) from None
-        except DigestMismatchError:
-            raise DeliveryError(
-                f"object {name} of bucket {self.bucket!r} does not match its own digest (corrupted in the store)"
-            ) from None
+                        f"after {received} of {expected_size} bytes (NATS unreachable, or the object was deleted "
+                        f"meanwhile)", setting="NATS_URL",
+                    ) from None
+                payloads = [msg.data for msg in batch]
+                await asyncio.to_thread(_write_chunks, sink, payloads, digest)
+                chunks += len(payloads)
+                received += sum(map(len, payloads))
+                if progress is not None:
+                    progress(sum(map(len, payloads)))
         except (DeliveryError, OSError):
             raise
         except NATS_FAILURES as exc:
             raise DeliveryError(
-                f"downloading {name} from bucket {self.bucket!r} failed after {writer.count} bytes: "
+                f"downloading {name} from bucket {self.bucket!r} failed after {received} of {expected_size} bytes: "
                 f"{describe_nats_error(exc)}", setting="NATS_URL",
             ) from exc
         finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        return FetchedObject(name=name, size=writer.count, sha256=writer.hexdigest(),
-                             seconds=round(time.monotonic() - started, 3))
+            if subscription is not None:
+                with contextlib.suppress(Exception):  # the consumer also expires on its own (inactive_threshold)
+                    await subscription.unsubscribe()
+        sha256 = digest.hexdigest()
+        if received != expected_size or sha256 != sha256_hex_of_digest(info.digest):
+            raise DeliveryError(
+                f"object {name} of bucket {self.bucket!r} does not match its own digest or size ({received} of "
+                f"{expected_size} bytes; corrupted in the store): digest mismatch", setting="KRYTEN_OBJECT_BUCKET",
+            )
+        return FetchedObject(name=name, size=received, sha256=sha256, seconds=round(time.monotonic() - started, 3))
 
     # -- writes --------------------------------------------------------------------------------------
 
