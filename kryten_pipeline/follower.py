@@ -377,6 +377,7 @@ class Follower:
     _desired: dict[str, Any] | None = field(default=None, repr=False)
     _wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _rewatch: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _stopping: bool = field(default=False, repr=False)
 
     async def run(self) -> None:
         with self.target.lock():
@@ -389,7 +390,11 @@ class Follower:
                                                on_reconnected=self._on_reconnected,
                                                on_disconnected=self._on_disconnected) as nc:
                         backoff = 1.0
-                        await self._session(_reader_store(nc, self.settings))
+                        try:
+                            await self._session(_reader_store(nc, self.settings))
+                        except asyncio.CancelledError:
+                            self._stopping = True  # the drain on the way out is no lost connection
+                            raise
                 except (NatsUnavailableError, ConfigurationError) as exc:
                     if isinstance(exc, ConfigurationError) and exc.setting not in ("KRYTEN_KV_BUCKET",
                                                                                    "KRYTEN_OBJECT_BUCKET"):
@@ -406,7 +411,8 @@ class Follower:
         self._rewatch.set()
 
     async def _on_disconnected(self) -> None:
-        self.log("follow: NATS connection lost; waiting for it to come back")
+        if not self._stopping:
+            self.log("follow: NATS connection lost; waiting for it to come back")
 
     async def _session(self, store: SnapshotStore) -> None:
         kv = await store.ensure_bucket()

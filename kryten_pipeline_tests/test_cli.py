@@ -43,6 +43,13 @@ def test_refresh_status_snapshots_rollback(tmp_path: Path) -> None:
     assert report["kv"]["current"]["snapshot_id"] == first_id == report["sqlite"]["snapshot_id"]
     # The embedded server is stopped when the last command using it ends.
     assert not (tmp_path / "data" / ".nats" / "server.json").exists()
+    # The snapshot file went into the embedded server's Object Store: a follower on this host installs it.
+    reader = tmp_path / "reader" / "catalog.sqlite3"
+    followed = cli(tmp_path, "follow", "--once", "--to", str(reader))
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout.startswith(f"installed {first_id} (308 items, ")
+    assert reader.read_bytes() == live_db_path(tmp_path / "data", "default").read_bytes()
+    assert report["object"]["present"] is True
 
     # Another source replaces every item: the removal guard would refuse it without --allow-removals.
     second = cli(tmp_path, "refresh", "--source", "fake", "--json", "--allow-removals")
