@@ -322,13 +322,14 @@ class SnapshotStore:
     """Snapshot records and the ``current`` pointer in one KV bucket (created if absent)."""
 
     def __init__(self, js: JetStreamContext, bucket: str, *, replicas: int = 1, create: bool = True,
-                 object_bucket: str = DEFAULT_OBJECT_BUCKET) -> None:
+                 object_bucket: str = DEFAULT_OBJECT_BUCKET, max_payload: int | None = None) -> None:
         self._js = js
         self.bucket = bucket
         self.replicas = replicas  # used only when this store creates the bucket
         self.create = create  # False for readers (``follow``): they never create a bucket
         # The snapshot files themselves, on the same connection (created lazily, with the same replicas).
-        self.objects = SnapshotObjectStore(js, object_bucket, replicas=replicas, create=create)
+        self.objects = SnapshotObjectStore(js, object_bucket, replicas=replicas, create=create,
+                                           max_payload=max_payload)
         self._kv: KeyValue | None = None
         self._max_value_size = -1  # the bucket's limit on one value, -1: none
 
@@ -680,7 +681,7 @@ async def snapshot_store(settings: Settings) -> AsyncIterator[SnapshotStore]:
     """A SnapshotStore (bucket created if absent) on the connection :func:`nats_connection` opens."""
     async with nats_connection(settings) as nc:
         store = SnapshotStore(nc.jetstream(), settings.kv_bucket, replicas=settings.kv_replicas,
-                              object_bucket=settings.object_bucket)
+                              object_bucket=settings.object_bucket, max_payload=nc.max_payload)
         await store.ensure_bucket()
         yield store
 

@@ -137,11 +137,13 @@ class SnapshotObjectStore:
     """The snapshot files of every namespace in one Object Store bucket (created if absent, unless ``create``
     is False, as for a reader host)."""
 
-    def __init__(self, js: JetStreamContext, bucket: str, *, replicas: int = 1, create: bool = True) -> None:
+    def __init__(self, js: JetStreamContext, bucket: str, *, replicas: int = 1, create: bool = True,
+                 max_payload: int | None = None) -> None:
         self._js = js
         self.bucket = bucket
         self.replicas = replicas
         self.create = create
+        self.max_payload = max_payload  # the server's limit on one message, when the caller knows it
         self._store: ObjectStore | None = None
 
     async def ensure_bucket(self) -> ObjectStore:
@@ -360,6 +362,8 @@ class SnapshotObjectStore:
             ) from exc
         config = status.stream_info.config
         chunk = CHUNK_SIZE
+        if self.max_payload:
+            chunk = min(chunk, self.max_payload - _PER_CHUNK_OVERHEAD)
         max_msg = int(config.max_msg_size or -1)
         if max_msg > 0:
             if max_msg < 1024:

@@ -607,3 +607,46 @@ def test_published_files_are_read_only_and_independent(zygote: Zygote, nats_serv
     status = status_of(host_a.settings)
     assert status["consistent"], status["problems"]
     assert hashlib.sha256(live.read_bytes()).hexdigest() == host_a.current()["sqlite_sha256"]
+
+
+def test_small_message_limits_are_met_with_smaller_chunks(zygote: Zygote, tmp_path: Path) -> None:
+    """A server with a 64 KiB max_payload, a bucket whose stream allows 32 KiB messages: the file still goes
+    in (in smaller chunks) and comes out byte for byte."""
+    conf = tmp_path / "nats.conf"
+    conf.write_text("max_payload: 65536\n")
+    nats_proc = NatsProcess(tmp_path / "nats", "-c", str(conf)).start()
+    try:
+        host_a = PipelineHost(zygote, tmp_path / "a", nats_proc.url)
+        first = host_a.refresh(300)
+        host_b = ReaderHost(tmp_path / "b", host_a)
+        assert host_b.once().returncode == 0
+        assert host_b.path.read_bytes() == live_db_path(host_a.data_dir, "default").read_bytes()
+
+        async def limit_messages(bucket: str) -> None:
+            import nats
+
+            nc = await nats.connect(nats_proc.url)
+            js = nc.jetstream()
+            await js.create_object_store(bucket)
+            config = (await js.stream_info(f"OBJ_{bucket}")).config
+            config.max_msg_size = 32 * 1024
+            await js.update_stream(config)
+            await nc.close()
+
+        narrow = "obj_narrow_" + uuid.uuid4().hex[:8]
+        asyncio.run(limit_messages(narrow))
+        second = host_a.refresh(310, KRYTEN_OBJECT_BUCKET=narrow)
+        assert second["snapshot_id"] > first["snapshot_id"]
+        host_a.object_bucket = narrow
+        stored = asyncio.run(_stat(host_a, second["snapshot_id"]))
+        assert stored.chunks > live_db_path(host_a.data_dir, "default").stat().st_size // (32 * 1024)
+        result = host_b.once(KRYTEN_OBJECT_BUCKET=narrow)
+        assert result.returncode == 0, result.stderr
+        assert host_b.path.read_bytes() == live_db_path(host_a.data_dir, "default").read_bytes()
+    finally:
+        nats_proc.stop()
+
+
+async def _stat(host: PipelineHost, snapshot_id: str) -> Any:
+    async with snapshot_store(host.settings) as store:
+        return await store.objects.stat(object_name("default", snapshot_id))
