@@ -58,8 +58,8 @@ def compare_current_with_sqlite(
             if str(sqlite_id) > str(kv_current.get("snapshot_id")):
                 problems.append(
                     "the live file is newer than KV current: a publish was interrupted between the swap and the "
-                    "compare-and-set of current; the next refresh puts back the file current names "
-                    "(or run `kryten-pipeline rollback --to` current's snapshot id now)"
+                    "compare-and-set of current; the next refresh records the live file and moves current "
+                    "forward to it (readers never go back)"
                 )
         if kv_current.get("item_count") != sqlite_count:
             problems.append(f"KV current item_count {kv_current.get('item_count')} != SQLite rows {sqlite_count}")

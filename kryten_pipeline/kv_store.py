@@ -62,6 +62,7 @@ __all__ = [
     "redact_url",
     "snapshot_key",
     "snapshot_store",
+    "snapshot_value",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,36 @@ def _decode(raw: bytes | None, key: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise PublishError(f"KV key {key} holds JSON that is not an object")
     return value
+
+
+def snapshot_value(snapshot: dict[str, Any], *, run_id: str) -> dict[str, Any]:
+    """The KV value of DESIGN §2 for a built snapshot (contract fields first, then additive ones)."""
+    notes = f"{snapshot['item_count']} items from {snapshot['source']}"
+    if snapshot.get("rejected_count"):
+        notes += f"; {snapshot['rejected_count']} rejected"
+    if snapshot.get("diff_summary"):
+        notes += f"; {snapshot['diff_summary']}"
+    value = {
+        "snapshot_id": snapshot["snapshot_id"],
+        "source": snapshot["source"],
+        "created_at": snapshot["created_at"],
+        "item_count": snapshot["item_count"],
+        "notes": notes,
+        "schema_version": 1,
+        "namespace": snapshot["namespace"],
+        "sqlite_path": snapshot["sqlite_path"],
+        "sqlite_sha256": snapshot["sqlite_sha256"],
+        "size_bytes": snapshot["size_bytes"],
+        "object_bucket": snapshot["object_bucket"],
+        "object_name": snapshot["object_name"],
+        "category_count": snapshot["category_count"],
+        "rejected_count": snapshot.get("rejected_count", 0),
+        "run_id": run_id,
+    }
+    if snapshot.get("diff") is not None:
+        value["diff"] = snapshot["diff"]
+    return value
+
 
 
 # -- connection --------------------------------------------------------------------------------------
@@ -464,12 +495,7 @@ class SnapshotStore:
         ckey = current_key(namespace)
         data = encode_value(value)
         kv = await self._writable_bucket(skey)
-        if 0 < self._max_value_size < len(data):
-            raise PublishError(
-                f"the value of {skey} has {len(data)} bytes but NATS KV bucket {self.bucket!r} accepts at most "
-                f"{self._max_value_size} (it was created with a max value size); current was not changed. Raise its "
-                f"limit or use another bucket", setting="KRYTEN_KV_BUCKET",
-            )
+        self._check_value_size(skey, data)
 
         fault_point("kv.before_snapshot_record")
         snapshot_revision = await self._create_snapshot_record(kv, skey, data)
@@ -529,6 +555,21 @@ class SnapshotStore:
             f"{ckey} kept changing under concurrent writers; gave up after {MAX_CAS_ATTEMPTS} attempts. "
             f"{skey} is recorded, current was not changed by this publish"
         )
+
+    async def check_publishable(self, namespace: str, value: dict[str, Any]) -> None:
+        """Raise the PublishError ``publish_snapshot`` would raise for a value the bucket cannot hold — before
+        anything is swapped in."""
+        skey = snapshot_key(namespace, _checked_snapshot_id(value.get("snapshot_id")))
+        await self._writable_bucket(skey)
+        self._check_value_size(skey, encode_value(value))
+
+    def _check_value_size(self, skey: str, data: bytes) -> None:
+        if 0 < self._max_value_size < len(data):
+            raise PublishError(
+                f"the value of {skey} has {len(data)} bytes but NATS KV bucket {self.bucket!r} accepts at most "
+                f"{self._max_value_size} (it was created with a max value size); current was not changed. Raise its "
+                f"limit or use another bucket", setting="KRYTEN_KV_BUCKET",
+            )
 
     async def set_current(self, namespace: str, value: dict[str, Any], *, expected_revision: int | None) -> int:
         """Point ``current`` at ``value`` if it is still at ``expected_revision`` (None: no current).

@@ -438,7 +438,8 @@ def install_snapshot(built: BuiltSnapshot, *, data_dir: Path, keep: int,
         fsync_dir(live.parent)
         fault_point("install.after_dir_fsync")
         # The previous live snapshot is what KV current names until the publish moves it: its kept file
-        # must outlive this swap (a failed or interrupted publish swaps it back); retention prunes it later.
+        # must outlive this swap (the live file may still have to go back to it, see recovery); retention
+        # prunes it later.
         pruned = prune_kept_snapshots(data_dir, built.namespace, keep=keep,
                                       protect={built.snapshot_id, previous, *(p for p in protect if p)})
     return InstalledSnapshot(live_path=live, snapshot_file=kept, previous_snapshot_id=previous, pruned=pruned)
@@ -457,19 +458,6 @@ def install_kept_snapshot(data_dir: Path, namespace: str, snapshot_id: str) -> I
         live_meta = _safe_meta(live)
         copy_published_file(kept, live)
     return InstalledSnapshot(live, kept, live_meta.get("snapshot_id") if live_meta else None, [])
-
-
-def withdraw_live_snapshot(data_dir: Path, namespace: str, snapshot_id: str) -> bool:
-    """Remove the live file if it holds ``snapshot_id`` (a first publish that failed: there was none before).
-    Its kept copy stays. Readers that have it open keep reading it; new ones find no snapshot, as before."""
-    live = live_db_path(data_dir, namespace)
-    with namespace_lock(data_dir, namespace):
-        meta = _safe_meta(live)
-        if not meta or meta.get("snapshot_id") != snapshot_id:
-            return False
-        live.unlink()
-        fsync_dir(live.parent)
-    return True
 
 
 def list_kept_snapshots(data_dir: Path, namespace: str) -> list[str]:

@@ -119,12 +119,12 @@ POINTS = [
     Point("retention.object_deleted", NEW, env=KEEP_1, before="object.after_put"),  # sweeps that orphan
     Point("step.kv_published.end", NEW),
     Point("run.finished", NEW),
-    Point("recover.restored", OLD, before="kv.before_current_cas"),
+    Point("recover.before_roll_forward", WINDOW, before="kv.before_current_cas"),
     Point("kv.before_current_cas", WINDOW, embedded=True, real_cli=True),
     Point("build.load_batch", OLD, embedded=True),
 ]
-# Not killed here: ``restore.after_swap_back`` runs only after a failed publish (test_dependency_faults
-# stops NATS at kv.before_snapshot_record and checks that path).
+# A publish that fails (rather than dies) after the swap leaves the same window state (test_dependency_faults
+# pauses a refresh at kv.after_snapshot_record, stops NATS and checks that path).
 
 
 @dataclass
@@ -265,8 +265,10 @@ def _run_point(run: Runner, point: Point, root: Path, base: Baseline | None, nat
         outcome.seconds = time.monotonic() - started
         return outcome
     outcome.recovery = summary["steps"]["raw_catalog"].get("metadata", {}).get("recovery")
-    if outcome.observed == WINDOW and "restored" not in str(outcome.recovery):
-        v.append(f"the following refresh did not report restoring current's file: {outcome.recovery!r}")
+    if outcome.observed == WINDOW and "moved current forward" not in str(outcome.recovery):
+        v.append(f"the following refresh did not report rolling the live file forward: {outcome.recovery!r}")
+    if outcome.observed == WINDOW and summary["steps"]["raw_catalog"].get("status") != "ok":
+        v.append("the following refresh failed in its first step")
     new_id = summary["snapshot_id"]
     status = status_of(settings)
     if not status["consistent"]:

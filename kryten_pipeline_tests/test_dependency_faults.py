@@ -28,8 +28,10 @@ from kryten_pipeline_tests.fake_mediacms import FakeMediaCMS, generate_catalog
 from kryten_pipeline_tests.fault_helpers import (
     NatsProcess,
     cli_environment,
+    inspect_live,
     last_error_line,
     read_current_entry,
+    read_kv,
     settings_for,
     status_of,
     temp_files,
@@ -168,9 +170,22 @@ def test_nats_down_between_the_snapshot_record_and_current(zygote: Zygote, nats_
     nats_proc.stop()
     result = paused.resume()  # NATS stays down: the compare-and-set of current cannot happen
     nats_proc.start()
-    site.assert_failed_cleanly(result, before, "NATS_URL")  # the swapped-in file was put back
-    assert json.loads(result.stdout)["steps"]["kv_published"]["status"] == "failed"
-    site.assert_converges(330)
+    # The publish fails; the new file stays live (readers already have it: they never go back to the old one)
+    # and current is untouched. The next refresh records it and moves current forward before anything else.
+    assert result.returncode == 1, result.stderr[-2000:]
+    line = last_error_line(result.stderr)
+    assert "NATS_URL" in line and "the next refresh records it" in line, line
+    summary = json.loads(result.stdout)
+    assert summary["steps"]["kv_published"]["status"] == "failed"
+    assert read_current_entry(site.settings) == before[1]
+    live_id, live_count, problems = inspect_live(site.data_dir)
+    assert problems == [] and live_count == 320 and live_id > before[1][0]["snapshot_id"]
+    assert temp_files(site.data_dir) == []
+    converged = site.assert_converges(330)
+    recovery = converged["steps"]["raw_catalog"]["metadata"]["recovery"]
+    assert f"the live file held {live_id}" in recovery and "moved current forward" in recovery
+    records = [r["snapshot_id"] for r in read_kv(site.settings)[1]]
+    assert live_id in records and converged["snapshot_id"] in records
 
 
 async def _create_bucket(url: str, bucket: str, **config: Any) -> None:
@@ -198,7 +213,7 @@ def test_kv_bucket_with_a_small_value_limit_fails_clearly(zygote: Zygote, nats_p
     site = Site(zygote, tmp_path, nats_proc.url, KRYTEN_SOURCE="fake")
     asyncio.run(_create_bucket(nats_proc.url, site.bucket, max_value_size=200))
     result = site.refresh(300)
-    # The first publish into this bucket fails: the file it had swapped in is withdrawn (there was none).
+    # The value does not fit the bucket: refused before the swap, so there is still no live file.
     line = site.assert_failed_cleanly(result, (None, (None, None)), "KRYTEN_KV_BUCKET")
     assert "accepts at most 200" in line
     asyncio.run(_create_bucket(nats_proc.url, site.bucket))  # the operator drops it; the next run creates it

@@ -26,7 +26,14 @@ from kryten_pipeline.dagster_defs.resources import (
 from kryten_pipeline.errors import KrytenError, SnapshotBuildError, StaleSnapshotError, ValidationThresholdError
 from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.gc_tuning import bulk_work
-from kryten_pipeline.kv_store import CurrentEntry, PublishResult, current_key, snapshot_key, snapshot_store
+from kryten_pipeline.kv_store import (
+    CurrentEntry,
+    PublishResult,
+    current_key,
+    snapshot_key,
+    snapshot_store,
+    snapshot_value,
+)
 from kryten_pipeline.manifest import manifest_base_from
 from kryten_pipeline.object_store import StoredObject, object_name
 from kryten_pipeline.recovery import Reconciliation, reconcile_live_with_current
@@ -34,14 +41,12 @@ from kryten_pipeline.settings import Settings
 from kryten_pipeline.snapshot_db import (
     BuiltSnapshot,
     build_snapshot_db,
-    install_kept_snapshot,
     install_snapshot,
     kept_snapshot_path,
     live_db_path,
     namespace_dir,
     read_snapshot_meta,
     rows_from_frame,
-    withdraw_live_snapshot,
 )
 from kryten_pipeline.snapshot_diff import KINDS, SnapshotDiff
 from kryten_pipeline.snapshot_id import iso_utc, new_snapshot_id
@@ -347,11 +352,29 @@ def sqlite_snapshot(
             ),
             namespace=namespace,
         )
-    # The file goes into the Object Store before it is swapped in (and so before KV can name it): a failed
-    # put leaves the live file and current as they were.
+    info = {
+        "namespace": namespace,
+        "snapshot_id": built.snapshot_id,
+        "created_at": built.created_at,
+        "source": source,
+        "item_count": built.item_count,
+        "category_count": built.category_count,
+        "rejected_count": rejected,
+        "sqlite_path": str(live_db_path(settings.data_dir, namespace).resolve()),
+        "snapshot_file": str(kept_snapshot_path(settings.data_dir, namespace, built.snapshot_id).resolve()),
+        "sqlite_sha256": built.sha256,
+        "size_bytes": built.size_bytes,
+        "object_bucket": settings.object_bucket,
+        "object_name": object_name(namespace, built.snapshot_id),
+        "previous_snapshot_id": None,
+        "diff": dict(diff.counts) if diff else None,
+        "diff_summary": diff.summary() if diff else None,
+    }
+    # The file goes into the Object Store before it is swapped in (and so before KV can name it), and the KV
+    # value is checked against the bucket's limits: a failure here leaves the live file and current as they were.
     t0 = time.perf_counter()
     try:
-        stored = asyncio.run(_store_file(settings, built))
+        stored = asyncio.run(_store_file(settings, built, snapshot_value(info, run_id=context.run_id)))
     except KrytenError as exc:
         built.path.unlink(missing_ok=True)
         raise failure(exc, namespace=namespace) from exc
@@ -369,24 +392,7 @@ def sqlite_snapshot(
         f"swapped in at {installed.live_path} (previous: {installed.previous_snapshot_id or 'none'})"
     )
     top_categories = Counter(c for cats in validated_items["categories"] for c in cats).most_common(10)
-    info = {
-        "namespace": namespace,
-        "snapshot_id": built.snapshot_id,
-        "created_at": built.created_at,
-        "source": source,
-        "item_count": built.item_count,
-        "category_count": built.category_count,
-        "rejected_count": rejected,
-        "sqlite_path": str(installed.live_path.resolve()),
-        "snapshot_file": str(installed.snapshot_file.resolve()),
-        "sqlite_sha256": built.sha256,
-        "size_bytes": built.size_bytes,
-        "object_bucket": stored.bucket,
-        "object_name": stored.name,
-        "previous_snapshot_id": installed.previous_snapshot_id,
-        "diff": dict(diff.counts) if diff else None,
-        "diff_summary": diff.summary() if diff else None,
-    }
+    info["previous_snapshot_id"] = installed.previous_snapshot_id
     yield dg.Output(
         info,
         metadata={
@@ -414,8 +420,9 @@ def sqlite_snapshot(
     )
 
 
-async def _store_file(settings: Settings, built: BuiltSnapshot) -> StoredObject:
+async def _store_file(settings: Settings, built: BuiltSnapshot, value: dict[str, Any]) -> StoredObject:
     async with snapshot_store(settings) as store:
+        await store.check_publishable(built.namespace, value)
         return await store.objects.put_file(
             object_name(built.namespace, built.snapshot_id), built.path, sha256=built.sha256,
             description=f"kryten snapshot {built.namespace}/{built.snapshot_id}: {built.item_count} items",
@@ -456,14 +463,18 @@ def kv_published(
     namespace = context.partition_key
     fault_point("step.kv_published.start")
     settings = kryten_settings(pipeline, nats)
-    value = kv_value(sqlite_snapshot, run_id=context.run_id)
+    value = snapshot_value(sqlite_snapshot, run_id=context.run_id)
     try:
         result = asyncio.run(_publish(settings, namespace, value))
     except KrytenError as exc:
         moved = _current_if_it_names(settings, namespace, value["snapshot_id"])
         if moved is None:
-            restored = _restore_previous_live(settings, sqlite_snapshot, context)
-            raise failure(exc, namespace=namespace, live_file_restored=restored) from exc
+            # The live file stays: readers already have it and it passed every check before its swap, so going
+            # back would show them ids going backwards. The next refresh's recovery records it and moves current.
+            note = (f"; the live file keeps {value['snapshot_id']} (it passed every check): the next refresh records "
+                    f"it and moves current forward to it")
+            raise failure(type(exc)(f"{exc}{note}", setting=exc.setting), namespace=namespace,
+                          live_snapshot_id=value["snapshot_id"]) from exc
         # The compare-and-set went through but its answer was lost: current names the live file, as it must.
         context.log.warning(f"publish reported an error, yet current names {value['snapshot_id']}: {exc}")
         result = PublishResult(snapshot_key(namespace, value["snapshot_id"]), 0, moved.revision,
@@ -513,35 +524,6 @@ def _apply_retention(settings: Settings, namespace: str, context: dg.AssetExecut
     }
 
 
-def kv_value(snapshot: dict[str, Any], *, run_id: str) -> dict[str, Any]:
-    """The KV value of DESIGN §2 for a built snapshot (contract fields first, then additive ones)."""
-    notes = f"{snapshot['item_count']} items from {snapshot['source']}"
-    if snapshot.get("rejected_count"):
-        notes += f"; {snapshot['rejected_count']} rejected"
-    if snapshot.get("diff_summary"):
-        notes += f"; {snapshot['diff_summary']}"
-    value = {
-        "snapshot_id": snapshot["snapshot_id"],
-        "source": snapshot["source"],
-        "created_at": snapshot["created_at"],
-        "item_count": snapshot["item_count"],
-        "notes": notes,
-        "schema_version": 1,
-        "namespace": snapshot["namespace"],
-        "sqlite_path": snapshot["sqlite_path"],
-        "sqlite_sha256": snapshot["sqlite_sha256"],
-        "size_bytes": snapshot["size_bytes"],
-        "object_bucket": snapshot["object_bucket"],
-        "object_name": snapshot["object_name"],
-        "category_count": snapshot["category_count"],
-        "rejected_count": snapshot.get("rejected_count", 0),
-        "run_id": run_id,
-    }
-    if snapshot.get("diff") is not None:
-        value["diff"] = snapshot["diff"]
-    return value
-
-
 async def _publish(settings: Settings, namespace: str, value: dict[str, Any]) -> Any:
     async with snapshot_store(settings) as store:
         return await store.publish_snapshot(namespace, value)
@@ -549,8 +531,7 @@ async def _publish(settings: Settings, namespace: str, value: dict[str, Any]) ->
 
 def _current_if_it_names(settings: Settings, namespace: str, snapshot_id: str) -> CurrentEntry | None:
     """After a failed publish: KV current if it names ``snapshot_id`` anyway (an unconfirmed CAS that went
-    through), else None — also when it cannot be read: then the previous file goes back, and should current
-    have moved after all, the next refresh's recovery (kryten_pipeline.recovery) puts its file back."""
+    through), else None — also when it cannot be read (the next refresh's recovery then sorts it out)."""
 
     async def read() -> CurrentEntry | None:
         async with snapshot_store(settings) as store:
@@ -561,31 +542,6 @@ def _current_if_it_names(settings: Settings, namespace: str, snapshot_id: str) -
     except KrytenError:
         return None
     return entry if entry is not None and entry.snapshot_id == snapshot_id else None
-
-
-def _restore_previous_live(settings: Settings, snapshot: dict[str, Any], context: dg.AssetExecutionContext) -> bool:
-    """After a failed publish, put the previous live file back so `current` and the live file agree."""
-    previous = snapshot.get("previous_snapshot_id")
-    namespace = snapshot["namespace"]
-    live_meta = read_snapshot_meta(live_db_path(settings.data_dir, namespace))
-    if not live_meta or live_meta.get("snapshot_id") != snapshot["snapshot_id"]:
-        return False
-    if not previous:
-        # There was no (readable) live file before this run: withdrawing it restores exactly that state.
-        withdrawn = withdraw_live_snapshot(settings.data_dir, namespace, snapshot["snapshot_id"])
-        if withdrawn:
-            context.log.warning(f"publish failed: live file {snapshot['snapshot_id']} withdrawn (there was none)")
-        return withdrawn
-    if not kept_snapshot_path(settings.data_dir, namespace, previous).exists():
-        return False
-    try:
-        install_kept_snapshot(settings.data_dir, namespace, previous)
-    except (KrytenError, OSError) as exc:
-        context.log.error(f"could not restore previous live snapshot {previous}: {exc}")
-        return False
-    fault_point("restore.after_swap_back")
-    context.log.warning(f"publish failed: live file restored to previous snapshot {previous}")
-    return True
 
 
 def _write_rejects(settings: Settings, namespace: str, run_id: str, rejects: list[Any]) -> Path | None:
