@@ -16,13 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kryten_pipeline.errors import ConfigurationError, KrytenError
+from kryten_pipeline.errors import ConfigurationError, KrytenError, NatsUnavailableError
 from kryten_pipeline.namespaces import validate_namespace
 from kryten_pipeline.settings import SOURCES, SPEC_BY_FIELD, Settings, load_dotenv_file
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_CANNOT_TELL = 3  # status: KV could not be read, so consistency is unknown
 STEPS = ("raw_catalog", "validated_items", "sqlite_snapshot", "kv_published")
 
 
@@ -64,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="publish even if more than KRYTEN_MAX_REMOVED_RATIO of the catalog disappears")
     refresh.set_defaults(handler=cmd_refresh)
 
-    status = sub.add_parser("status", help="KV current vs the live SQLite file (exit 1 when inconsistent)")
+    status = sub.add_parser("status", help="KV current vs the live SQLite file and its object (exit 0 consistent, "
+                            "1 inconsistent, 3 cannot tell: NATS unreachable)")
     status.add_argument("--namespace", "-n")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cmd_status)
@@ -200,7 +202,8 @@ def cmd_refresh(args: argparse.Namespace) -> int:
         _print_refresh_summary(summary)
     if not summary["success"]:
         print(f"error: {summary['error'] or 'refresh failed'}", file=sys.stderr)
-        return EXIT_FAILED
+        # A setting that cannot work (a missing export file, a bad URL) is a usage error, as outside a run.
+        return EXIT_USAGE if summary.get("error_type") == "ConfigurationError" else EXIT_FAILED
     return EXIT_OK
 
 
@@ -238,7 +241,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings, namespace = _settings_and_namespace(args.namespace)
     from kryten_pipeline.snapshot_status import read_snapshot_status
 
-    payload = asyncio.run(read_snapshot_status(settings, namespace))
+    try:
+        payload = asyncio.run(read_snapshot_status(settings, namespace))
+    except NatsUnavailableError as exc:
+        # Not "inconsistent": nothing can be told without KV.
+        print(f"error: cannot tell: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_TELL
     if args.json:
         print(json.dumps(payload, indent=2, ensure_ascii=False))
     else:

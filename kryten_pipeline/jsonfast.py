@@ -15,7 +15,20 @@ import orjson
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
+    """Like ``json.loads``; JSON nested too deeply for the decoder raises ``json.JSONDecodeError`` too
+    (``json`` itself would raise ``RecursionError``: no error a caller expects from bad input)."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(bytes(data) if isinstance(data, memoryview) else data)
+        text = bytes(data) if isinstance(data, memoryview) else data
+        try:
+            return json.loads(text)
+        except RecursionError:
+            raise json.JSONDecodeError(f"nested more than {MAX_DEPTH_HINT} levels deep", _as_text(text), 0) from None
+
+
+MAX_DEPTH_HINT = 1000  # about where Python's decoder gives up (its recursion limit); orjson stops at 1024
+
+
+def _as_text(data: bytes | bytearray | str) -> str:
+    return data if isinstance(data, str) else bytes(data[:200]).decode("utf-8", "replace")

@@ -97,6 +97,11 @@ VALIDATED_SCHEMA = pa.DataFrameSchema(
 )
 
 
+DUPLICATE_REASON = "duplicate video_id (first valid occurrence kept)"
+# The content rules alone: uniqueness is decided among the rows that pass them (see validate_items).
+_CONTENT_SCHEMA = VALIDATED_SCHEMA.update_column("video_id", unique=False)
+
+
 @dataclass(slots=True)
 class RejectedRow:
     row: int
@@ -316,19 +321,26 @@ def validate_items(
         # Rows with a type problem are rejected for it; the schema judges the rest.
         frame = frame.drop(index=list(failures))
     try:
-        VALIDATED_SCHEMA.validate(frame, lazy=True)
+        _CONTENT_SCHEMA.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:
         for case in exc.failure_cases.itertuples(index=False):
             index = case.index
             if index is None or (isinstance(index, float) and math.isnan(index)):
                 continue
             failures.setdefault(int(index), []).append(_failure_reason(case.column, case.check, case.failure_case))
+    # Duplicates among the rows that passed: the first *valid* occurrence is kept (a row rejected for its
+    # content never shadows a valid one with the same id).
+    valid_ids = frame["video_id"].drop(index=[i for i in failures if i in frame.index])
+    for index, video_id in valid_ids[valid_ids.duplicated(keep="first")].items():
+        failures.setdefault(int(index), []).append(f"{DUPLICATE_REASON}: {_short(video_id)}")
 
     for index in sorted(failures):
         reasons = list(dict.fromkeys(failures[index]))
+        if any(r.startswith("video_id ") for r in reasons):  # its manifest_url failing follows from it
+            reasons = [r for r in reasons if not r.startswith("manifest_url cannot be derived")] or reasons
         record = {name: columns[name][index] for name in _ITEM_FIELDS}
         rejects.append(RejectedRow(index + 1, _short_id(record["video_id"]), reasons, _clip_record(record)))
-        reason_counts.update(_reason_code(r) for r in reasons)
+        reason_counts.update(set(map(_reason_code, reasons)))  # each reason once per row
     fault_point("validate.schema_checked")
     if failures:
         frame = frame.drop(index=[i for i in failures if i in frame.index])
@@ -412,7 +424,7 @@ def write_rejects_file(path: Path, rejects: Iterable[RejectedRow]) -> int:
 
 _CHECK_MESSAGES = {
     "not_nullable": "{column} is missing",
-    "field_uniqueness": "duplicate video_id (first occurrence kept)",
+    "field_uniqueness": DUPLICATE_REASON,
 }
 
 

@@ -113,3 +113,15 @@ def test_namespaces_are_independent_and_can_be_added_without_code_change(tmp_pat
     staging = json.loads(cli(tmp_path, "status", "--json", "--namespace", "staging").stdout)
     assert staging["consistent"] and staging["sqlite"]["item_count"] == 250
     assert status(tmp_path)["sqlite"]["item_count"] == 308
+
+
+def test_exit_codes_for_configuration_errors_and_unknown_status(tmp_path: Path) -> None:
+    missing = cli(tmp_path, "refresh", "--quiet", KRYTEN_EXPORT_PATH=str(tmp_path / "nope.jsonl"))
+    assert missing.returncode == 2, missing.stderr
+    assert "does not exist" in missing.stderr and "KRYTEN_EXPORT_PATH" in missing.stderr
+    directory = cli(tmp_path, "refresh", "--quiet", KRYTEN_EXPORT_PATH=str(tmp_path))
+    assert directory.returncode == 2 and "is not a file" in directory.stderr, directory.stderr
+    # NATS unreachable: status cannot tell (3), which is not "inconsistent" (1).
+    unknown = cli(tmp_path, "status", NATS_URL="nats://127.0.0.1:9")
+    assert unknown.returncode == 3, unknown.stderr
+    assert unknown.stderr.startswith("error: cannot tell: cannot connect to NATS") and "NATS_URL" in unknown.stderr

@@ -132,3 +132,55 @@ def test_make_connector_picks_the_configured_source(tmp_path: Path) -> None:
     assert isinstance(export, ExportFileConnector)
     with pytest.raises(ConfigurationError):
         Settings.from_env({"KRYTEN_SOURCE": "ftp"})
+
+
+def test_json_nested_too_deeply_is_a_rejected_line_or_one_clear_error(tmp_path: Path) -> None:
+    deep = "[" * 1100 + "]" * 1100
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text('{"video_id": "ok1", "title": "Fine"}\n' + deep + "\n" + '{"x": ' + deep + "}\n", encoding="utf-8")
+    connector = ExportFileConnector(lines)
+    assert [item.video_id for item in collect(connector)] == ["ok1"]
+    assert [r.reason for r in connector.source_rejects] == [
+        "line 2: invalid JSON: nested more than 1000 levels deep", "line 3: invalid JSON: nested more than 1000 "
+        "levels deep"]
+    document = tmp_path / "deep.json"
+    document.write_text(deep, encoding="utf-8")
+    with pytest.raises(SourceError) as failed:
+        collect(ExportFileConnector(document))
+    assert "KRYTEN_EXPORT_PATH" in str(failed.value) and "levels deep" in str(failed.value)
+    assert "\n" not in str(failed.value)
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("video_id,title\na1,Één\n".encode("utf-16"), "is UTF-16LE, not UTF-8: convert it, e.g. `iconv -f UTF-16LE"),
+    ("video_id,title\na1,Één\n".encode("utf-16-be"), "is UTF-16BE, not UTF-8"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "holds binary data (NUL bytes)"),
+    ("video_id,title\na1,Caf\xe9\n".encode("latin-1"), "is not UTF-8 text (it holds the byte 0xe9"),
+])
+def test_an_export_in_another_encoding_fails_with_the_fix(tmp_path: Path, content: bytes, expected: str) -> None:
+    path = tmp_path / "catalog.csv"
+    path.write_bytes(content)
+    with pytest.raises(SourceError) as failed:
+        collect(ExportFileConnector(path))
+    message = str(failed.value)
+    assert expected in message and str(path) in message and "KRYTEN_EXPORT_PATH" in message, message
+
+
+def test_an_unreadable_export_names_the_file_and_the_setting(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.jsonl"
+    path.write_text('{"video_id": "a1", "title": "One"}\n', encoding="utf-8")
+    connector = ExportFileConnector(path)
+    # EIO from the disk while reading: what a failing disk or a network filesystem gives.
+    failing = connector._guarded(_raises(OSError(5, "Input/output error")))
+    with pytest.raises(SourceError) as failed:
+        list(failing)
+    assert str(failed.value) == (f"export file '{path}' could not be read: Input/output error (errno 5); the disk or "
+                                 "the filesystem failed — nothing was published (check KRYTEN_EXPORT_PATH)")
+    denied = connector._read_error(PermissionError(13, "Permission denied"))
+    assert isinstance(denied, ConfigurationError) and "permission denied" in str(denied)
+    assert "KRYTEN_EXPORT_PATH" in str(denied)
+
+
+def _raises(exc: BaseException):  # type: ignore[no-untyped-def]
+    yield {"video_id": "a1", "title": "One"}
+    raise exc

@@ -164,3 +164,19 @@ def test_dagster_type_trusts_only_the_frame_validate_items_returned() -> None:
     assert not passed_validate_items(elsewhere)  # no marker: validated in full, and it is valid
     assert VALIDATED_ITEMS_TYPE.type_check(None, elsewhere).success  # type: ignore[arg-type]
     assert not VALIDATED_ITEMS_TYPE.type_check(None, [1, 2]).success  # type: ignore[arg-type]
+
+
+def test_a_duplicate_keeps_the_first_valid_occurrence_and_reasons_count_once() -> None:
+    items = [
+        CatalogItem("dup1", "", [], None, None),  # first occurrence fails its content check (empty title)
+        CatalogItem("dup1", "Valid later", [], None, None),
+        CatalogItem("dup1", "Third", [], None, None),
+        CatalogItem("bad id!", "Bad id", [], None, None),
+    ]
+    result = validate_items(items, manifest_base="https://media.example.org")
+    assert result.frame["title"].tolist() == ["Valid later"]
+    reasons = {r.row: r.reasons for r in result.rejects}
+    assert reasons[1] == ["title is empty after trimming: ''"]
+    assert reasons[3] == ["duplicate video_id (first valid occurrence kept): 'dup1'"]
+    assert reasons[4] == ["video_id does not match [A-Za-z0-9_-]{1,64}: 'bad id!'"]  # not also its manifest
+    assert sum(result.reason_counts.values()) == 3

@@ -19,7 +19,7 @@ from typing import Any
 
 from kryten_pipeline import jsonfast
 from kryten_pipeline.catalog_item import CatalogItem, SourceReject
-from kryten_pipeline.errors import ConfigurationError, SourceError
+from kryten_pipeline.errors import ConfigurationError, KrytenError, SourceError
 from kryten_pipeline.fault_points import fault_point
 
 SAMPLE_EXPORT_NAME = "sample_catalog.jsonl"
@@ -117,6 +117,42 @@ class ExportFileConnector:
             raise ConfigurationError(f"export file {str(self.path)!r} does not exist", setting="KRYTEN_EXPORT_PATH")
         if not self.path.is_file():
             raise ConfigurationError(f"export path {str(self.path)!r} is not a file", setting="KRYTEN_EXPORT_PATH")
+        try:
+            with self.path.open("rb") as handle:
+                head = handle.read(4096)
+        except OSError as exc:
+            raise self._read_error(exc) from None
+        encoding = _foreign_encoding(head)
+        if encoding == "binary":
+            raise SourceError(
+                f"export file {str(self.path)!r} holds binary data (NUL bytes), not a JSON, JSON Lines or CSV "
+                f"export: is it the right file?", setting="KRYTEN_EXPORT_PATH",
+            )
+        if encoding:
+            raise SourceError(
+                f"export file {str(self.path)!r} is {encoding}, not UTF-8: convert it, e.g. "
+                f"`iconv -f {encoding} -t UTF-8 {self.path.name} > {self.path.stem}.utf8{self.path.suffix}`",
+                setting="KRYTEN_EXPORT_PATH",
+            )
+
+    def _read_error(self, exc: OSError | UnicodeDecodeError) -> KrytenError:
+        """One line naming the file and the setting for anything that stops the file being read."""
+        where = str(self.path)
+        if isinstance(exc, UnicodeDecodeError):
+            return SourceError(
+                f"export file {where!r} is not UTF-8 text (it holds the byte 0x{exc.object[exc.start]:02x}, which "
+                f"UTF-8 does not allow there): save it as UTF-8, e.g. `iconv -f WINDOWS-1252 -t UTF-8` for a "
+                f"spreadsheet export", setting="KRYTEN_EXPORT_PATH",
+            )
+        if isinstance(exc, PermissionError):
+            return ConfigurationError(
+                f"export file {where!r} cannot be read: permission denied (run as a user that may read it, or "
+                f"change its permissions)", setting="KRYTEN_EXPORT_PATH",
+            )
+        return SourceError(
+            f"export file {where!r} could not be read: {exc.strerror or exc} (errno {exc.errno}); the disk or "
+            f"the filesystem failed — nothing was published", setting="KRYTEN_EXPORT_PATH",
+        )
 
     def _records(self, fmt: str) -> Iterator[dict[str, Any] | SourceReject]:
         if fmt == "json":
@@ -136,9 +172,10 @@ class ExportFileConnector:
                 f"{exc.msg}); is it truncated?",
                 setting="KRYTEN_EXPORT_PATH",
             ) from None
-        except UnicodeDecodeError as exc:
+        except RecursionError:
             raise SourceError(
-                f"export file {self.path.name!r} is not UTF-8: {exc}", setting="KRYTEN_EXPORT_PATH"
+                f"export file {self.path.name!r} nests JSON more than ~{jsonfast.MAX_DEPTH_HINT} levels deep, which "
+                f"no catalog needs: is it the right file?", setting="KRYTEN_EXPORT_PATH",
             ) from None
         if isinstance(document, dict):
             for key in ("items", "results"):
@@ -165,7 +202,7 @@ class ExportFileConnector:
                     continue
                 try:
                     record = jsonfast.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # too deep is a JSONDecodeError too
                     reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
                     yield SourceReject(_clip(raw.decode("utf-8", "replace")), f"line {line_no}: invalid JSON: {reason}")
                     continue
@@ -195,13 +232,19 @@ class ExportFileConnector:
                     record.pop("duration", None)
                 yield record
 
+    def _guarded(self, records: Iterator[dict[str, Any] | SourceReject]) -> Iterator[dict[str, Any] | SourceReject]:
+        try:
+            yield from records
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self._read_error(exc) from None
+
     async def iter_catalog_items(self) -> AsyncIterator[CatalogItem]:
         self._check_file()
         started = time.perf_counter()
         fmt = detect_format(self.path)
         count = 0
         self.source_rejects = []
-        for position, record in enumerate(self._records(fmt), start=1):
+        for position, record in enumerate(self._guarded(self._records(fmt)), start=1):
             if isinstance(record, SourceReject):
                 self.source_rejects.append(record)
                 continue
@@ -220,6 +263,22 @@ class ExportFileConnector:
             "source_rejects": len(self.source_rejects),
             "wall_time_s": round(elapsed, 3),
         }
+
+
+def _foreign_encoding(head: bytes) -> str | None:
+    """The encoding a file evidently has when it is not UTF-8: a UTF-16/32 byte-order mark, or NUL bytes."""
+    for bom, name in ((b"\xff\xfe\x00\x00", "UTF-32LE"), (b"\x00\x00\xfe\xff", "UTF-32BE"),
+                      (b"\xff\xfe", "UTF-16LE"), (b"\xfe\xff", "UTF-16BE")):
+        if head.startswith(bom):
+            return name
+    if b"\x00" in head:
+        even, odd = head[0::2].count(0), head[1::2].count(0)
+        if odd > len(head) // 4 and even == 0:
+            return "UTF-16LE"
+        if even > len(head) // 4 and odd == 0:
+            return "UTF-16BE"
+        return "binary"
+    return None
 
 
 def _clip(text: str) -> str:

@@ -149,7 +149,7 @@ def summarize_run(instance: Any, run_id: str, namespace: str) -> dict[str, Any]:
     from dagster import DagsterEventType
 
     summary: dict[str, Any] = {
-        "namespace": namespace, "run_id": run_id, "snapshot_id": None, "error": None,
+        "namespace": namespace, "run_id": run_id, "snapshot_id": None, "error": None, "error_type": None,
         "steps": {}, "checks": {},
     }
     started: dict[str, float] = {}
@@ -172,6 +172,9 @@ def summarize_run(instance: Any, run_id: str, namespace: str) -> dict[str, Any]:
                 data = event.step_failure_data
                 user_failed = data is not None and data.user_failure_data is not None
                 explained_by_step = user_failed and bool(data.user_failure_data.description)
+                if user_failed:
+                    error_type = (data.user_failure_data.metadata or {}).get("error_type")
+                    summary["error_type"] = getattr(error_type, "value", error_type)
         elif kind == DagsterEventType.STEP_SKIPPED:
             summary["steps"].setdefault(step, {})["status"] = "skipped"
         elif kind == DagsterEventType.ASSET_MATERIALIZATION:
