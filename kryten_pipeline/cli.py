@@ -224,6 +224,8 @@ def _print_refresh_summary(summary: dict[str, Any]) -> None:
         f"{counts['read'] if counts['read'] is not None else '-'} read, "
         f"{counts['rejected'] if counts['rejected'] is not None else '-'} rejected, "
         f"{counts['categories'] if counts['categories'] is not None else '-'} categories"
+        + (f"; {counts['thumbnails_dropped']} bad thumbnail URL{'' if counts['thumbnails_dropped'] == 1 else 's'} "
+           "dropped (items kept)" if counts.get("thumbnails_dropped") else "")
     )
     if summary.get("rejects_file"):
         lines.append(f"rejects: {summary['rejects_file']}")

@@ -89,6 +89,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "fail if the item count falls below this fraction of the live snapshot's"),
     SettingSpec("KRYTEN_MAX_REMOVED_RATIO", "max_removed_ratio", "0.2",
                 "fail if a refresh would remove more than this share of the live catalog (override per run)"),
+    SettingSpec("KRYTEN_REQUIRE_HTTPS_THUMBNAILS", "require_https_thumbnails", "true",
+                "true: a thumbnail_url that is not https is dropped from its item (counted); false: http is kept"),
     SettingSpec("KRYTEN_KEEP_SNAPSHOTS", "keep_snapshots", "3",
                 "snapshots kept per namespace for rollback (SQLite files and KV records; never the current one)"),
     # Automation (schedules, the catalog.updated sensor, refresh triggers).
@@ -185,6 +187,7 @@ class Settings:
     max_reject_ratio: float = 0.05
     min_count_ratio: float = 0.5
     keep_snapshots: int = 3
+    require_https_thumbnails: bool = True
     max_removed_ratio: float = 0.2
     refresh_schedule_enabled: bool = False
     refresh_cron: str = "0 3 * * *"
@@ -268,6 +271,7 @@ class Settings:
             max_reject_ratio=_as_ratio(raw["max_reject_ratio"], "max_reject_ratio"),
             min_count_ratio=_as_ratio(raw["min_count_ratio"], "min_count_ratio"),
             keep_snapshots=_as_int(raw["keep_snapshots"], "keep_snapshots", minimum=1),
+            require_https_thumbnails=_as_bool(raw["require_https_thumbnails"], "require_https_thumbnails"),
             max_removed_ratio=_as_ratio(raw["max_removed_ratio"], "max_removed_ratio"),
             refresh_schedule_enabled=_as_bool(raw["refresh_schedule_enabled"], "refresh_schedule_enabled"),
             refresh_cron=raw["refresh_cron"] or "0 3 * * *",

@@ -1,5 +1,16 @@
 """Validation of connector output with a pandera schema; bad rows are rejected with reasons, never fatal.
 
+The policy, one for every source:
+- **text** (titles and categories alike): Unicode without C0 or C1 control characters (tab and line breaks
+  included: a title is one line), without bidirectional overrides, embeddings or isolates (U+202A–U+202E,
+  U+2066–U+2069: they make text display as something else) and without lone surrogates; trimmed; a title at
+  most ``MAX_TITLE_LENGTH`` characters, a category at most ``MAX_CATEGORY_LENGTH``, an item at most
+  ``MAX_CATEGORIES_PER_ITEM`` categories. A value that breaks it rejects the row, with the reason.
+- **URLs** (``thumbnail_url``): absolute, characters RFC 3986 allows only (no quotes, spaces, ``<>``), no
+  user info, and ``https`` unless ``KRYTEN_REQUIRE_HTTPS_THUMBNAILS=false``. A thumbnail that breaks it is
+  dropped — the item stays, without a thumbnail — and counted by reason (``ValidationResult.dropped``).
+- Each reason counts once per row in the top reasons.
+
 Two stages: ``_coerce_columns`` turns each raw value into its column type (a value that cannot be turned gets a
 type reason), then ``VALIDATED_SCHEMA`` (pandera, lazy) checks content rules on the typed frame. The
 rows that pass both form the validated frame, which is validated once more as a whole.
@@ -25,17 +36,26 @@ from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.manifest import VIDEO_ID_PATTERN, manifest_urls
 
 MAX_TITLE_LENGTH = 1000
+MAX_CATEGORY_LENGTH = 200
+MAX_CATEGORIES_PER_ITEM = 100
 # Set on the frame validate_items returns: the number of rows the schema judged (see passed_validate_items).
 VALIDATED_ROWS_ATTR = "kryten_schema_validated_rows"
 COLUMNS = ["video_id", "title", "categories", "duration_seconds", "thumbnail_url", "manifest_url"]
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# C0 and C1 controls (tab and line breaks included) and the bidirectional formatting characters.
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 # A lone surrogate (e.g. "\ud800" from a JSON file) has no UTF-8 form: SQLite could not store it.
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_ABSOLUTE_URL = r"^https?://[^\s/?#]+[^\s]*$"
+# An absolute http(s) URL of RFC 3986 characters (unreserved, reserved, '%' + two hex digits); no user info.
+_URL_CHARS = r"(?:[A-Za-z0-9\-._~:/?#\[\]!$&'()*+,;=]|%[0-9A-Fa-f]{2})"
+_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+_ABSOLUTE_URL = rf"^https?://{_HOST}(?:[/?#]{_URL_CHARS}*)?$"
+_ABSOLUTE_URL_RE = re.compile(_ABSOLUTE_URL)
 
 
 def _categories_are_strings(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) and item for item in value)
+    return isinstance(value, list) and len(value) <= MAX_CATEGORIES_PER_ITEM and all(
+        isinstance(item, str) and item and len(item) <= MAX_CATEGORY_LENGTH and not _CONTROL_CHARS.search(item)
+        for item in value)
 
 
 def _categories_column_ok(series: pd.Series) -> pd.Series:
@@ -67,14 +87,16 @@ VALIDATED_SCHEMA = pa.DataFrameSchema(
             [
                 pa.Check(lambda s: s.str.len() > 0, error="title is empty after trimming"),
                 pa.Check(lambda s: s.str.len() <= MAX_TITLE_LENGTH, error=f"title longer than {MAX_TITLE_LENGTH}"),
-                pa.Check(lambda s: ~s.str.contains(_CONTROL_CHARS), error="title contains control characters"),
+                pa.Check(lambda s: ~s.str.contains(_CONTROL_CHARS),
+                         error="title contains control or bidi override characters"),
             ],
             nullable=False,
             description="display title, trimmed",
         ),
         "categories": pa.Column(
             object,
-            pa.Check(_categories_column_ok, error="categories must be a list of strings"),
+            pa.Check(_categories_column_ok, error="categories must be a list of at most "
+                     f"{MAX_CATEGORIES_PER_ITEM} clean strings of at most {MAX_CATEGORY_LENGTH} characters"),
             nullable=False,
             description="all categories of the item (many-to-many; [] when none)",
         ),
@@ -84,7 +106,8 @@ VALIDATED_SCHEMA = pa.DataFrameSchema(
         ),
         "thumbnail_url": pa.Column(
             str, pa.Check.str_matches(_ABSOLUTE_URL, error="thumbnail_url is not an absolute http(s) URL"),
-            nullable=True, description="absolute URL or null",
+            nullable=True, description="absolute URL (RFC 3986 characters; https unless "
+            "KRYTEN_REQUIRE_HTTPS_THUMBNAILS=false) or null",
         ),
         "manifest_url": pa.Column(
             str, pa.Check.str_startswith("https://", error="manifest_url is not https"), nullable=False,
@@ -135,6 +158,7 @@ class ValidationResult:
     rejects: list[RejectedRow]
     total: int
     reason_counts: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)  # values dropped from kept rows (bad thumbnails)
 
     @property
     def accepted_count(self) -> int:
@@ -187,12 +211,15 @@ def items_to_columns(items: Iterable[CatalogItem]) -> ItemColumns:
     return columns
 
 
-def _coerce_columns(columns: ItemColumns, manifest_base: str) -> tuple[ItemColumns, dict[int, list[str]]]:
+def _coerce_columns(columns: ItemColumns, manifest_base: str, *, require_https_thumbnails: bool = True,
+                    dropped: Counter[str] | None = None) -> tuple[ItemColumns, dict[int, list[str]]]:
     """Turn raw values into column types; a value that cannot be turned gives its row a type reason.
 
     Column by column with a fast path for values that already have the right type (the common case).
+    Thumbnails that break the URL policy are dropped and counted in ``dropped``.
     """
     reasons: dict[int, list[str]] = {}
+    dropped = Counter() if dropped is None else dropped
 
     def bad(index: int, reason: str) -> None:
         reasons.setdefault(index, []).append(reason)
@@ -223,7 +250,7 @@ def _coerce_columns(columns: ItemColumns, manifest_base: str) -> tuple[ItemColum
     categories: list[Any] = []
     # Few distinct category lists: each is cleaned once (the cleaned lists are shared, never mutated).
     cleaned_lists: dict[tuple[str, ...], list[str]] = {}
-    surrogate_lists: set[tuple[str, ...]] = set()
+    list_problems: dict[tuple[str, ...], str] = {}
     for index, value in enumerate(columns["categories"]):
         if value is None:
             categories.append([])
@@ -231,11 +258,13 @@ def _coerce_columns(columns: ItemColumns, manifest_base: str) -> tuple[ItemColum
             key = tuple(value)
             cleaned = cleaned_lists.get(key)
             if cleaned is None:
-                if any(_SURROGATE.search(c) for c in key):
-                    surrogate_lists.add(key)
                 cleaned = cleaned_lists[key] = list(dict.fromkeys(c for c in (c.strip() for c in key) if c))
-            if key in surrogate_lists:
-                bad(index, "categories are not valid Unicode (a lone surrogate)")
+                problem = _category_problem(key, cleaned)
+                if problem:
+                    list_problems[key] = problem
+            problem = list_problems.get(key)
+            if problem:
+                bad(index, problem)
             categories.append(cleaned)
         else:
             bad(index, "categories must be a list of strings")
@@ -267,17 +296,14 @@ def _coerce_columns(columns: ItemColumns, manifest_base: str) -> tuple[ItemColum
         durations.append(number)
 
     thumbnails: list[Any] = []
-    check_thumbnails = _any_surrogate(columns["thumbnail_url"])
-    for index, value in enumerate(columns["thumbnail_url"]):
-        if type(value) is str:
-            if check_thumbnails and _SURROGATE.search(value):
-                bad(index, "thumbnail_url is not valid Unicode (a lone surrogate)")
-            thumbnails.append(value.strip() or None)
-        elif value is None:
-            thumbnails.append(None)
-        else:
-            bad(index, f"thumbnail_url must be a string or null, got {type(value).__name__}")
-            thumbnails.append(None)
+    for value in columns["thumbnail_url"]:
+        # A bad thumbnail costs the item its thumbnail, not its place in the catalog.
+        url = value.strip() or None if type(value) is str else None
+        problem = _thumbnail_problem(value, url, require_https=require_https_thumbnails)
+        if problem:
+            dropped[problem] += 1
+            url = None
+        thumbnails.append(url)
 
     # An id that cannot be placed in a manifest URL leaves it missing; the schema reports the id itself.
     manifests = manifest_urls(ids, manifest_base)
@@ -286,6 +312,33 @@ def _coerce_columns(columns: ItemColumns, manifest_base: str) -> tuple[ItemColum
         "thumbnail_url": thumbnails, "manifest_url": manifests,
     }
     return typed, reasons
+
+
+def _category_problem(raw: tuple[str, ...], cleaned: list[str]) -> str | None:
+    """Why a category list breaks the text policy (judged once per distinct list), or None."""
+    if any(_SURROGATE.search(c) for c in raw):
+        return "categories are not valid Unicode (a lone surrogate)"
+    if len(cleaned) > MAX_CATEGORIES_PER_ITEM:
+        return f"more than {MAX_CATEGORIES_PER_ITEM} categories: {len(cleaned)}"
+    for category in cleaned:
+        if len(category) > MAX_CATEGORY_LENGTH:
+            return f"a category longer than {MAX_CATEGORY_LENGTH} characters: {len(category)}"
+        if _CONTROL_CHARS.search(category):
+            return f"a category contains control or bidi override characters: {_short(category)}"
+    return None
+
+
+def _thumbnail_problem(value: Any, url: str | None, *, require_https: bool) -> str | None:
+    """Why a thumbnail value breaks the URL policy (then it is dropped), or None."""
+    if value is None or url is None:
+        return None if value is None or type(value) is str else f"not a string ({type(value).__name__})"
+    if _SURROGATE.search(url) or not _ABSOLUTE_URL_RE.match(url):
+        if not url.lower().startswith(("http://", "https://")):
+            return "not an absolute http(s) URL"
+        return "characters RFC 3986 does not allow in a URL"
+    if require_https and not url.startswith("https://"):
+        return "plain http (KRYTEN_REQUIRE_HTTPS_THUMBNAILS)"
+    return None
 
 
 def _any_surrogate(values: list[Any]) -> bool:
@@ -298,6 +351,7 @@ def validate_items(
     *,
     manifest_base: str,
     source_rejects: Iterable[SourceReject] = (),
+    require_https_thumbnails: bool = True,
 ) -> ValidationResult:
     """Validate connector output; return the validated frame and every rejected row with its reasons.
 
@@ -314,7 +368,9 @@ def validate_items(
     count = len(columns["video_id"])
     total = count + source_reject_count
 
-    typed, failures = _coerce_columns(columns, manifest_base)
+    dropped: Counter[str] = Counter()
+    typed, failures = _coerce_columns(columns, manifest_base, require_https_thumbnails=require_https_thumbnails,
+                                      dropped=dropped)
     fault_point("validate.coerced")
     frame = _typed_frame(typed)
     if failures:
@@ -350,7 +406,8 @@ def validate_items(
     frame = frame.reset_index(drop=True)
     frame.attrs[VALIDATED_ROWS_ATTR] = len(frame)
     rejects.sort(key=lambda r: r.row)
-    return ValidationResult(frame=frame, rejects=rejects, total=total, reason_counts=reason_counts)
+    return ValidationResult(frame=frame, rejects=rejects, total=total, reason_counts=reason_counts,
+                            dropped=Counter({f"thumbnail_url dropped: {k}": v for k, v in dropped.items()}))
 
 
 def passed_validate_items(frame: pd.DataFrame) -> bool:

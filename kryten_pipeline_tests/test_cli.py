@@ -36,7 +36,7 @@ def test_refresh_status_snapshots_rollback(tmp_path: Path) -> None:
     first = cli(tmp_path, "refresh")
     assert first.returncode == 0, first.stderr
     first_id = SNAPSHOT_LINE.search(first.stdout).group(1)
-    assert "items: 308 valid of 314 read, 6 rejected" in first.stdout
+    assert "items: 309 valid of 314 read, 5 rejected, 17 categories; 1 bad thumbnail URL dropped" in first.stdout
     assert "▶ raw_catalog" in first.stderr and "check kv_current_matches_sqlite: passed" in first.stderr
     report = status(tmp_path)
     assert report["consistent"] is True
@@ -47,7 +47,7 @@ def test_refresh_status_snapshots_rollback(tmp_path: Path) -> None:
     reader = tmp_path / "reader" / "catalog.sqlite3"
     followed = cli(tmp_path, "follow", "--once", "--to", str(reader))
     assert followed.returncode == 0, followed.stderr
-    assert followed.stdout.startswith(f"installed {first_id} (308 items, ")
+    assert followed.stdout.startswith(f"installed {first_id} (309 items, ")
     assert reader.read_bytes() == live_db_path(tmp_path / "data", "default").read_bytes()
     assert report["object"]["present"] is True
 
@@ -65,7 +65,7 @@ def test_refresh_status_snapshots_rollback(tmp_path: Path) -> None:
     assert rolled.returncode == 0, rolled.stderr
     after = status(tmp_path)
     assert after["consistent"] is True and after["kv"]["current"]["snapshot_id"] == first_id
-    assert after["sqlite"]["item_count"] == 308
+    assert after["sqlite"]["item_count"] == 309
     # The CLI's runs are in the Dagster instance the UI would show.
     assert (tmp_path / "data" / ".dagster_home" / ".dagster" / "history" / "runs.db").exists()
 
@@ -112,7 +112,7 @@ def test_namespaces_are_independent_and_can_be_added_without_code_change(tmp_pat
     assert cli(tmp_path, "refresh", "--quiet").returncode == 0
     staging = json.loads(cli(tmp_path, "status", "--json", "--namespace", "staging").stdout)
     assert staging["consistent"] and staging["sqlite"]["item_count"] == 250
-    assert status(tmp_path)["sqlite"]["item_count"] == 308
+    assert status(tmp_path)["sqlite"]["item_count"] == 309
 
 
 def test_exit_codes_for_configuration_errors_and_unknown_status(tmp_path: Path) -> None:

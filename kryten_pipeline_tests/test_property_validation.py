@@ -18,6 +18,8 @@ from kryten_pipeline.manifest import is_valid_video_id
 from kryten_pipeline.search import search_catalog
 from kryten_pipeline.snapshot_db import build_snapshot_db, rows_from_frame, verify_snapshot_db
 from kryten_pipeline.validation import (
+    MAX_CATEGORIES_PER_ITEM,
+    MAX_CATEGORY_LENGTH,
     MAX_TITLE_LENGTH,
     VALIDATED_SCHEMA,
     ValidationResult,
@@ -26,6 +28,12 @@ from kryten_pipeline.validation import (
 )
 
 BASE = "https://media.example.org"
+_RFC3986 = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?#[]@!$&'()*+,;=%")
+
+
+def _forbidden(char: str) -> bool:
+    code = ord(char)
+    return code < 32 or 0x7F <= code <= 0x9F or 0x202A <= code <= 0x202E or 0x2066 <= code <= 0x2069
 FIELDS = ("video_id", "title", "categories", "duration_seconds", "thumbnail_url")
 FTS_AND_SQL = [
     '"', "'", '""', "AND", "OR", "NOT", "NEAR", "NEAR(a b)", "NEAR/3", "(", ")", "*", "^", "-", "+", ":",
@@ -47,8 +55,13 @@ video_ids = st.one_of(
                      "a.b", "%2e%2e%2f", "con", "-", "_"]),
     st.text(any_char, max_size=70), st.none(), st.integers(), st.floats(), st.lists(st.text(max_size=3), max_size=2),
 )
+nasty_text = st.sampled_from(["\x00", "\x1b[31m", "\u202e", "\u2066", "\x85", "\t", "\n", "\x9b", "\ud800"])
 categories = st.one_of(
     st.none(), st.lists(st.text(any_char, max_size=20), max_size=4),
+    st.lists(st.tuples(st.text(max_size=4), nasty_text, st.text(max_size=4)).map("".join), min_size=1, max_size=3),
+    st.tuples(st.integers(95, 130), st.text(min_size=1, max_size=3)).map(
+        lambda t: [f"c{i}{t[1]}" for i in range(t[0])]),
+    st.tuples(st.text(min_size=1, max_size=2), st.integers(150, 400)).map(lambda t: [t[0] * t[1]]),
     st.lists(st.one_of(st.text(max_size=5), st.integers(), st.none(), st.lists(st.text(max_size=3), max_size=2)),
              max_size=3),
     st.text(max_size=10), st.integers(), st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2),
@@ -61,6 +74,9 @@ durations = st.one_of(
 thumbnails = st.one_of(
     st.none(), st.from_regex(r"https?://[a-z]{1,10}\.[a-z]{2,3}/[^\s]{0,20}", fullmatch=True),
     st.text(any_char, max_size=40), st.integers(), st.just("javascript:alert(1)"), st.just("//cdn.example.org/x"),
+    st.sampled_from(['https://x.example/"onerror=alert(1)', "http://cdn.example.org/t.jpg", "https://a b.example/",
+                     "https://x.example/<script>", "https://x.example/%zz", "https://u:p@x.example/t.jpg",
+                     "https://[2001:db8::1]/t.jpg", "https://x.example/a%20b.jpg?q=(1)&r=2"]),
 )
 any_item = st.fixed_dictionaries({}, optional={"video_id": video_ids, "title": titles, "categories": categories,
                                                "duration_seconds": durations, "thumbnail_url": thumbnails})
@@ -108,7 +124,16 @@ def check_result(items: list[dict[str, Any]], result: ValidationResult) -> None:
     assert len(ids) == len(set(ids)) and all(is_valid_video_id(i) for i in ids)
     for title in frame["title"]:
         assert title == title.strip() and 0 < len(title) <= MAX_TITLE_LENGTH
-        assert not any((ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127 for c in title)
+        assert not any(_forbidden(c) for c in title)
+    # The same text policy for categories; thumbnails are https URLs of RFC 3986 characters, or dropped.
+    for cats in frame["categories"]:
+        assert len(cats) <= MAX_CATEGORIES_PER_ITEM
+        assert all(0 < len(c) <= MAX_CATEGORY_LENGTH and c == c.strip() and not any(map(_forbidden, c))
+                   for c in cats)
+    for url in frame["thumbnail_url"]:
+        assert url is None or (url.startswith("https://") and all(ch in _RFC3986 for ch in url)), url
+    for reject in result.rejects:  # a thumbnail never costs an item its place
+        assert not any(r.startswith("thumbnail_url") for r in reject.reasons), reject
     # The first occurrence of an id is judged on its own; a later one is rejected as a duplicate if the first won.
     accepted_rows = {i + 1 for i in range(len(items))} - set(rows)
     first_seen: dict[Any, int] = {}

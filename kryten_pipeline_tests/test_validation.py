@@ -59,7 +59,14 @@ def test_valid_items_pass_with_trimmed_titles_and_derived_manifests() -> None:
         ({"title": None}, "title is missing"),
         ({"title": "   "}, "title is empty after trimming"),
         ({"title": 5}, "title must be a string"),
-        ({"title": "bad\x00title"}, "title contains control characters"),
+        ({"title": "bad\x00title"}, "title contains control or bidi override characters"),
+        ({"title": "evil\u202etxt.exe"}, "title contains control or bidi override characters"),
+        ({"title": "two\nlines"}, "title contains control or bidi override characters"),
+        ({"categories": ["ok", "nul\x00"]}, "a category contains control or bidi override characters"),
+        ({"categories": ["\x1b[31mred"]}, "a category contains control or bidi override characters"),
+        ({"categories": ["c\x851"]}, "a category contains control or bidi override characters"),
+        ({"categories": ["x" * 5_000_000]}, "a category longer than 200 characters: 5000000"),
+        ({"categories": [f"c{i}" for i in range(10_000)]}, "more than 100 categories: 10000"),
         ({"title": "x" * 1001}, "title longer than 1000"),
         ({"duration_seconds": -1}, "duration_seconds is negative"),
         ({"duration_seconds": "abc"}, "duration_seconds must be an integer"),
@@ -68,8 +75,6 @@ def test_valid_items_pass_with_trimmed_titles_and_derived_manifests() -> None:
         ({"duration_seconds": True}, "duration_seconds must be an integer"),
         ({"categories": "Music"}, "categories must be a list of strings"),
         ({"categories": ["ok", 3]}, "categories must be a list of strings"),
-        ({"thumbnail_url": "/media/thumb.jpg"}, "thumbnail_url is not an absolute http(s) URL"),
-        ({"thumbnail_url": 7}, "thumbnail_url must be a string or null"),
     ],
 )
 def test_each_rule_rejects_with_a_reason(overrides: dict[str, object], expected: str) -> None:
@@ -134,7 +139,8 @@ def test_a_lone_surrogate_is_found_among_many_clean_values() -> None:
     items[44] = good(44, thumbnail_url="https://x.example/\udc80.jpg")
     result = validate_items(items, manifest_base=BASE)
     rejected = {r.video_id: r.reasons for r in result.rejects}
-    assert set(rejected) == {"vid00017", "vid00031", "vid00040", "vid00044"}
+    assert set(rejected) == {"vid00017", "vid00031", "vid00040"}
+    assert result.frame.set_index("video_id").loc["vid00044", "thumbnail_url"] is None  # dropped, item kept
     assert rejected["vid00017"] == ["title is not valid Unicode (a lone surrogate)"]
     assert rejected["vid00031"] == rejected["vid00040"] == ["categories are not valid Unicode (a lone surrogate)"]
     assert result.frame["categories"].tolist()[0] == ["Music", "News"]
@@ -180,3 +186,29 @@ def test_a_duplicate_keeps_the_first_valid_occurrence_and_reasons_count_once() -
     assert reasons[3] == ["duplicate video_id (first valid occurrence kept): 'dup1'"]
     assert reasons[4] == ["video_id does not match [A-Za-z0-9_-]{1,64}: 'bad id!'"]  # not also its manifest
     assert sum(result.reason_counts.values()) == 3
+
+
+@pytest.mark.parametrize(("thumbnail", "reason"), [
+    ("http://cdn.example.org/t.jpg", "plain http (KRYTEN_REQUIRE_HTTPS_THUMBNAILS)"),
+    ('https://x.example/"onerror=alert(1)', "characters RFC 3986 does not allow in a URL"),
+    ("https://x.example/a b.jpg", "characters RFC 3986 does not allow in a URL"),
+    ("https://x.example/%zz.jpg", "characters RFC 3986 does not allow in a URL"),
+    ("https://user:secret@x.example/t.jpg", "characters RFC 3986 does not allow in a URL"),
+    ("/media/thumb.jpg", "not an absolute http(s) URL"),
+    ("javascript:alert(1)", "not an absolute http(s) URL"),
+    (7, "not a string (int)"),
+])
+def test_a_bad_thumbnail_is_dropped_not_the_item(thumbnail: object, reason: str) -> None:
+    result = validate_items([good(1, thumbnail_url=thumbnail), good(2)], manifest_base=BASE)
+    assert result.rejected_count == 0 and result.accepted_count == 2
+    assert result.frame["thumbnail_url"].tolist()[0] is None
+    assert result.dropped == {f"thumbnail_url dropped: {reason}": 1}
+
+
+def test_good_thumbnails_are_kept_and_http_when_allowed() -> None:
+    urls = ["https://cdn.example.org/a%20b.jpg?x=1&y=(2)", "https://[2001:db8::1]:8443/t.jpg", "https://x.example"]
+    result = validate_items([good(i, thumbnail_url=u) for i, u in enumerate(urls)], manifest_base=BASE)
+    assert result.frame["thumbnail_url"].tolist() == urls and not result.dropped
+    relaxed = validate_items([good(1, thumbnail_url="http://cdn.example.org/t.jpg")], manifest_base=BASE,
+                             require_https_thumbnails=False)
+    assert relaxed.frame["thumbnail_url"].tolist() == ["http://cdn.example.org/t.jpg"] and not relaxed.dropped

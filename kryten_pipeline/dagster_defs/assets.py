@@ -219,7 +219,8 @@ def validated_items(
     started = time.perf_counter()
     with bulk_work():
         result = validate_items(raw_catalog.columns, manifest_base=manifest_base,
-                                source_rejects=raw_catalog.source_rejects)
+                                source_rejects=raw_catalog.source_rejects,
+                                require_https_thumbnails=settings.require_https_thumbnails)
     elapsed = time.perf_counter() - started
     live_meta = read_snapshot_meta(live_db_path(settings.data_dir, namespace))
     live_count = int(live_meta["item_count"]) if live_meta and live_meta.get("item_count") else None
@@ -237,13 +238,19 @@ def validated_items(
         "reject_ratio": round(result.reject_ratio, 5),
         "validation_s": round(elapsed, 3),
         "top_reject_reasons": dg.MetadataValue.md(markdown_table(["reason", "rows"], top) if top else "none"),
+        "thumbnails_dropped": sum(result.dropped.values()),
+        "dropped_values": dg.MetadataValue.md(
+            markdown_table(["dropped (row kept)", "rows"], result.dropped.most_common()) if result.dropped else "none"),
         "preview": dg.MetadataValue.md(_preview(frame)),
     }
     if rejects_path:
         metadata["rejects_file"] = dg.MetadataValue.path(str(rejects_path))
+    dropped = sum(result.dropped.values())
     context.log.info(
         f"{result.accepted_count} valid, {result.rejected_count} rejected of {result.total} "
         f"({result.reject_ratio:.2%}) in {elapsed:.2f} s"
+        + (f"; {dropped} bad thumbnails dropped ({', '.join(f'{k} ×{v}' for k, v in result.dropped.items())})"
+           if dropped else "")
     )
     fault_point("validate.done")
     yield dg.Output(frame, metadata=metadata)

@@ -205,6 +205,7 @@ def summarize_run(instance: Any, run_id: str, namespace: str) -> dict[str, Any]:
         "rejected": validated.get("rejected_count"),
         "categories": built.get("category_count"),
         "published": steps.get("kv_published", {}).get("metadata", {}).get("dagster/row_count"),
+        "thumbnails_dropped": validated.get("thumbnails_dropped"),
     }
     summary["rejects_file"] = validated.get("rejects_file")
     summary["sqlite_path"] = built.get("sqlite_path")

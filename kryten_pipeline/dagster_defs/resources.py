@@ -35,6 +35,7 @@ class PipelineResource(dg.ConfigurableResource):
     min_count_ratio: str | None = "0.5"
     keep_snapshots: str | None = "3"
     max_removed_ratio: str | None = "0.2"
+    require_https_thumbnails: str | None = "true"
 
     @contextlib.contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator["PipelineResource"]:
