@@ -94,7 +94,7 @@ def test_configuration_errors_name_the_setting(tmp_path: Path) -> None:
     bad_name = cli(tmp_path, "status", "--namespace", "../etc")
     assert bad_name.returncode == 2 and "KRYTEN_NAMESPACES" in bad_name.stderr
     bad_nats = cli(tmp_path, "status", NATS_URL="nats://kryten:hunter2@127.0.0.1:1")
-    assert bad_nats.returncode == 1 and "NATS_URL" in bad_nats.stderr and "hunter2" not in bad_nats.stderr
+    assert bad_nats.returncode == 3 and "NATS_URL" in bad_nats.stderr and "hunter2" not in bad_nats.stderr
 
 
 def test_status_before_any_refresh_is_inconsistent_not_a_crash(tmp_path: Path) -> None:

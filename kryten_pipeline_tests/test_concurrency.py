@@ -27,6 +27,7 @@ from kryten_pipeline_tests.fault_helpers import (
     settings_for,
     start_cli,
     status_of,
+    unfinished_runs,
 )
 from kryten_pipeline_tests.pipeline_helpers import QUIET, PipelineEnv
 
@@ -188,3 +189,56 @@ def test_racing_publishers_never_move_current_backwards(nats_server: RunningNats
     history = current_history(settings)
     assert history[-1] == ids[-1] and history == sorted(history)
 
+
+
+@pytest.mark.slow
+def test_a_refresh_that_waited_repairs_the_killed_holders_run(tmp_path: Path, nats_server: RunningNatsServer) -> None:
+    """Refresh A holds the lock, B waits for it, A is SIGKILLed after its swap: B marks A's run failed as soon as
+    it holds the lock (not at some later refresh), rolls A's file forward, and leaves no run "started"."""
+    bucket = "dead_" + uuid.uuid4().hex[:10]
+    env = cli_environment(tmp_path / "data", NATS_URL=nats_server.url, KRYTEN_KV_BUCKET=bucket,
+                          KRYTEN_SOURCE="fake")
+    pause_dir = tmp_path / "pause"
+    pause_dir.mkdir()
+    holder = CliRun(tmp_path, {**env, "KRYTEN_FAKE_ITEMS": "300", "KRYTEN_FAULT_POINT": "step.sqlite_snapshot.swapped",
+                               "KRYTEN_FAULT_ACTION": "pause", "KRYTEN_FAULT_PAUSE_DIR": str(pause_dir)})
+    deadline = time.monotonic() + 120
+    while not (pause_dir / "step.sqlite_snapshot.swapped.reached").exists():
+        assert holder.proc.poll() is None and time.monotonic() < deadline, "".join(holder.lines)[-2000:]
+        time.sleep(0.05)
+    waiter = CliRun(tmp_path, {**env, "KRYTEN_FAKE_ITEMS": "310"})
+    waiter.wait_for("waiting for another refresh of namespace 'default' to finish")
+    holder.proc.kill()
+    holder.proc.wait(timeout=30)
+    summary = waiter.finish()
+    assert unfinished_runs(tmp_path / "data") == []
+    recovery = summary["steps"]["raw_catalog"]["metadata"]["recovery"]
+    assert "moved current forward" in recovery, recovery  # the killed holder's swapped file, rolled forward
+    assert status_of(settings_for(tmp_path / "data", nats_server.url, bucket))["consistent"]
+
+
+def test_the_dead_run_sensor_fails_runs_of_gone_processes(tmp_path: Path) -> None:
+    """Under dagster-daemon: a tick of ``dead_run_repair``, evaluated by Dagster with the repository as the
+    daemon does, marks a run whose process is gone failed, and leaves a live process's run alone."""
+    import socket
+    import subprocess
+    import sys
+
+    from kryten_pipeline.dagster_defs.run_liveness import HOST_TAG, PID_START_TAG, PID_TAG, process_tags
+    from kryten_pipeline.definitions import defs
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    instance = dg.DagsterInstance.ephemeral()
+    job = defs.resolve_job_def("refresh_catalog")
+    dead = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags={
+        "dagster/partition": "default", HOST_TAG: socket.gethostname(), PID_TAG: str(gone.pid), PID_START_TAG: ""})
+    alive = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED,
+                                        tags={"dagster/partition": "default", **process_tags()})
+    sensor = defs.get_sensor_def("dead_run_repair")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    context = dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def())
+    result = sensor.evaluate_tick(context)
+    assert dead.run_id in (result.skip_message or "")
+    assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED

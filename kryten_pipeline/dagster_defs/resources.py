@@ -15,6 +15,7 @@ import dagster as dg
 
 from kryten_pipeline.dagster_defs.automation_resources import AutomationResource, CatalogEventsResource
 from kryten_pipeline.dagster_defs.io_manager import CatalogIOManager
+from kryten_pipeline.dagster_defs.run_liveness import fail_runs_of_dead_processes
 from kryten_pipeline.settings import SPEC_BY_FIELD, Settings, load_dotenv_file
 from kryten_pipeline.snapshot_db import namespace_lock
 
@@ -51,6 +52,12 @@ class PipelineResource(dg.ConfigurableResource):
                 log.info(f"waiting for another refresh of namespace {namespace!r} to finish")
 
         with namespace_lock(data_dir, namespace, "refresh", timeout=None, on_wait=waiting):
+            # Holding the lock, no other refresh of the namespace runs: a run still "started" by a process of
+            # this host that is gone (the holder we waited for, killed) is marked failed now, not at some later
+            # refresh, so the run queue does not wait on it.
+            repaired = fail_runs_of_dead_processes(context.instance, namespace) if context.instance else []
+            if repaired and log is not None:
+                log.warning(f"marked {len(repaired)} run(s) of a killed process failed: {', '.join(repaired)}")
             yield self
 
 

@@ -4,8 +4,13 @@ A refresh executed in-process (CLI, admin endpoint, NATS command) records its ru
 process is killed (SIGKILL, OOM, a power cut of the container), nothing reports the end of the run: the UI
 would show it as running forever, and the instance's queue limit of one run per namespace partition would
 keep every queued run of that namespace waiting behind it. Each such run is tagged with the host, pid and
-process start time that execute it; before the next in-process refresh of the namespace, runs of this host
-whose process is gone are marked failed.
+process start time that execute it; runs of this host whose process is gone are marked failed:
+
+- before an in-process refresh starts (``execute_refresh``);
+- again once a run holds the namespace's refresh lock (``PipelineResource``): a refresh that waited for the
+  lock repairs the holder that was killed meanwhile (or a waiter killed before it);
+- by the ``dead_run_repair`` sensor under ``dagster-daemon``, every 30 s, so a run the daemon queued never
+  waits behind a dead one even when no further CLI refresh comes.
 """
 
 from __future__ import annotations
@@ -51,11 +56,12 @@ def _alive(pid: int, start: str) -> bool:
     return now is not None and (not start or not now or now == start)
 
 
-def fail_runs_of_dead_processes(instance: dg.DagsterInstance, namespace: str) -> list[str]:
-    """Mark unfinished runs of ``namespace`` executed by a dead process of this host failed; their ids."""
+def fail_runs_of_dead_processes(instance: dg.DagsterInstance, namespace: str | None = None) -> list[str]:
+    """Mark unfinished runs of ``namespace`` (default: every namespace) executed by a dead process of this
+    host failed; their ids."""
     host = socket.gethostname()
-    runs = instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED, tags={PARTITION_TAG: namespace,
-                                                                              HOST_TAG: host}))
+    tags = {HOST_TAG: host, **({PARTITION_TAG: namespace} if namespace is not None else {})}
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED, tags=tags))
     failed: list[str] = []
     for run in runs:
         pid_text = run.tags.get(PID_TAG, "")

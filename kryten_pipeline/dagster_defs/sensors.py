@@ -11,6 +11,7 @@ from kryten_pipeline.dagster_defs.automation_resources import CatalogEventsResou
 from kryten_pipeline.dagster_defs.jobs import REFRESH_JOB_NAME, refresh_job
 from kryten_pipeline.dagster_defs.partitions import configured_namespaces, register_namespaces, registered_namespaces
 from kryten_pipeline.dagster_defs.resources import PipelineResource, kryten_settings
+from kryten_pipeline.dagster_defs.run_liveness import fail_runs_of_dead_processes
 from kryten_pipeline.errors import KrytenError
 from kryten_pipeline.settings import Settings
 
@@ -31,6 +32,21 @@ def namespace_registry(context: dg.SensorEvaluationContext) -> dg.SkipReason:
         context.log.info(f"registered namespaces: {', '.join(added)}")
         return dg.SkipReason(f"registered {', '.join(added)}")
     return dg.SkipReason("all configured namespaces are registered")
+
+
+@dg.sensor(
+    name="dead_run_repair",
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Marks runs failed whose process on this host is gone (a killed CLI refresh, an OOM), so the "
+    "one-run-per-namespace queue never waits behind a run that will not finish.",
+)
+def dead_run_repair(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    repaired = fail_runs_of_dead_processes(context.instance)
+    if repaired:
+        context.log.warning(f"marked runs of killed processes failed: {', '.join(repaired)}")
+        return dg.SkipReason(f"marked {len(repaired)} run(s) of killed processes failed: {', '.join(repaired)}")
+    return dg.SkipReason("no run of a dead process")
 
 
 # -- catalog.updated events (seed 004) ---------------------------------------------------------------
