@@ -458,6 +458,27 @@ class SnapshotStore:
             raise NatsUnavailableError(f"reading KV key {key} failed: {_describe(exc)}", setting="NATS_URL") from exc
         return _decode(entry.value, key)
 
+    async def current_history(self, namespace: str) -> list[str]:
+        """The snapshot ids ``current`` has named, oldest first, as far as the bucket keeps history."""
+        key = current_key(namespace)
+        kv = await self.ensure_bucket()
+        try:
+            entries = await asyncio.wait_for(kv.history(key), timeout=KEYS_TIMEOUT_SECONDS)
+        except (NoKeysError, KeyNotFoundError):
+            return []
+        except NATS_FAILURES as exc:
+            raise NatsUnavailableError(f"reading the history of {key} failed: {_describe(exc)}",
+                                       setting="NATS_URL") from exc
+        ids: list[str] = []
+        for entry in entries:
+            try:
+                snapshot_id = json.loads(entry.value or b"{}").get("snapshot_id")
+            except (ValueError, AttributeError):
+                continue
+            if is_snapshot_id(snapshot_id):
+                ids.append(snapshot_id)
+        return ids
+
     async def list_snapshots(self, namespace: str) -> list[dict[str, Any]]:
         """All snapshot records of a namespace, oldest first."""
         prefix = _snapshots_prefix(namespace)

@@ -145,6 +145,10 @@ async def _roll_forward(store: SnapshotStore, data_dir: Path, namespace: str, li
     file's sha256); else one is made from the file's ``snapshot_meta``. Its object is stored if missing.
     """
     live = live_db_path(data_dir, namespace)
+    if live_id in await store.current_history(namespace):
+        # It was current once and current was moved away from it on purpose (a rollback, maybe from another
+        # data dir): that decision stands.
+        return "current named it before and was moved back from it (a rollback)"
     report = verify_snapshot_db(live, expected_snapshot_id=live_id)
     if not report.passed:
         return "; ".join(report.problems)

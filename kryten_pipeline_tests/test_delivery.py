@@ -650,3 +650,26 @@ def test_small_message_limits_are_met_with_smaller_chunks(zygote: Zygote, tmp_pa
 async def _stat(host: PipelineHost, snapshot_id: str) -> Any:
     async with snapshot_store(host.settings) as store:
         return await store.objects.stat(object_name("default", snapshot_id))
+
+
+def test_a_rollback_made_elsewhere_is_not_rolled_forward(zygote: Zygote, nats_server: Any, tmp_path: Path) -> None:
+    """Host A's live file is ahead of current because current was rolled back from another data dir: that
+    was a decision, not an interrupted publish, so A's next refresh installs current's file instead."""
+    host_a = PipelineHost(zygote, tmp_path / "a", nats_server.url)
+    first = host_a.refresh(300)
+    second = host_a.refresh(310)
+    other = PipelineHost(zygote, tmp_path / "other", nats_server.url)
+    other.kv_bucket, other.object_bucket = host_a.kv_bucket, host_a.object_bucket
+    other.env.update(KRYTEN_KV_BUCKET=host_a.kv_bucket, KRYTEN_OBJECT_BUCKET=host_a.object_bucket)
+    rolled = other.cli("rollback", "--to", first["snapshot_id"])
+    assert rolled.returncode == 0, rolled.stderr
+    third = host_a.refresh(320)
+    recovery = third["steps"]["raw_catalog"]["metadata"]["recovery"]
+    assert "moved back from it (a rollback)" in recovery and f"restored {first['snapshot_id']}" in recovery, recovery
+
+    async def history() -> list[str]:
+        async with snapshot_store(host_a.settings) as store:
+            return await store.current_history("default")
+
+    assert asyncio.run(history()) == [first["snapshot_id"], second["snapshot_id"], first["snapshot_id"],
+                                      third["snapshot_id"]]

@@ -82,9 +82,11 @@ class Site:
         live = live_db_path(self.data_dir, "default")
         return (live.read_bytes() if live.exists() else None), read_current_entry(self.settings)
 
-    def assert_failed_cleanly(self, result: subprocess.CompletedProcess[str], before: Any, *settings: str) -> str:
-        """Exit 1, an ``error:`` line naming one of ``settings``, and nothing changed or left behind."""
-        assert result.returncode == 1, result.stderr[-2000:]
+    def assert_failed_cleanly(self, result: subprocess.CompletedProcess[str], before: Any, *settings: str,
+                              code: int = 1) -> str:
+        """Exit ``code`` (2: a configuration error), an ``error:`` line naming one of ``settings``, and nothing
+        changed or left behind."""
+        assert result.returncode == code, result.stderr[-2000:]
         line = last_error_line(result.stderr)
         assert line.startswith("error: ") and any(s in line for s in settings), line
         assert self.state() == before, "the live file or KV current changed"
@@ -225,7 +227,7 @@ def test_kv_bucket_with_a_ttl_is_refused_before_anything_is_built(zygote: Zygote
     site = Site(zygote, tmp_path, nats_proc.url, KRYTEN_SOURCE="fake")
     asyncio.run(_create_bucket(nats_proc.url, site.bucket, ttl=3600))  # current would expire after an hour
     result = site.refresh(300)
-    assert result.returncode == 1, result.stderr[-2000:]  # refused in the first step, before any build
+    assert result.returncode == 2, result.stderr[-2000:]  # a configuration error, refused before any build
     line = last_error_line(result.stderr)
     assert "KRYTEN_KV_BUCKET" in line and "expires values" in line, line
     assert not live_db_path(site.data_dir, "default").exists() and temp_files(site.data_dir) == []
@@ -288,9 +290,10 @@ SOURCE_FAULTS = {
     "5xx_storm": ({"kind": "status", "status": 503, "times": 10_000}, ("MEDIACMS_RETRIES", "MEDIACMS_URL")),
     # Every answer slower than MEDIACMS_TIMEOUT.
     "timeout": ({"kind": "slow", "delay": 2.5, "times": 10_000}, ("MEDIACMS_TIMEOUT",)),
-    # A portal (or a login page) answering HTML instead of the API.
+    # A portal (or a login page) answering HTML instead of the API: MEDIACMS_URL is wrong (exit 2).
     "html": ({"kind": "html", "times": 10_000}, ("MEDIACMS_URL",)),
 }
+SOURCE_FAULT_CODES = {"html": 2}
 
 
 @pytest.mark.parametrize("fault", list(SOURCE_FAULTS))
@@ -304,6 +307,6 @@ def test_source_faults_fail_cleanly_and_converge(fault: str, mediacms: FakeMedia
     finally:
         with mediacms.lock:
             mediacms.faults.clear()
-    site.assert_failed_cleanly(result, before, *settings)
+    site.assert_failed_cleanly(result, before, *settings, code=SOURCE_FAULT_CODES.get(fault, 1))
     assert json.loads(result.stdout)["steps"]["raw_catalog"]["status"] == "failed"
     site.assert_converges()
