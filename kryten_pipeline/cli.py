@@ -139,7 +139,8 @@ def _delivery_options(parser: argparse.ArgumentParser) -> None:
                         "write if it switches the file to WAL: run follow as that user)")
     parser.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="give a download up when no data arrived for this long (default 30)")
-    parser.add_argument("--json", action="store_true", help="print what was installed as JSON on stdout (pull, follow --once)")
+    parser.add_argument("--json", action="store_true",
+                        help="print what was installed as JSON on stdout (pull, follow --once)")
 
 
 def _file_mode(text: str) -> int:
