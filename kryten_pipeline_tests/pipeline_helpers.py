@@ -61,7 +61,7 @@ class PipelineEnv:
 
     def drift_check(self, namespace: str = "default") -> dg.ExecuteInProcessResult:
         job = self.definitions().resolve_job_def(drift_check_job.name)
-        return job.execute_in_process(instance=self.instance, tags={"dagster/partition": namespace},
+        return job.execute_in_process(instance=self.instance, partition_key=namespace,
                                       raise_on_error=False, run_config=QUIET)
 
     def current(self, namespace: str = "default") -> CurrentEntry | None:

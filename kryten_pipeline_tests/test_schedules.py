@@ -79,3 +79,19 @@ def test_the_code_location_has_the_automation() -> None:
         job.name for job in repository.get_all_jobs()}
     sensors = {s.name: s for s in repository.sensor_defs}
     assert sensors["catalog_updated_events"].default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_a_drift_check_tick_evaluated_with_the_repository_requests_valid_runs() -> None:
+    """As the daemon evaluates it: with the repository, each run request is resolved against the job (its
+    partition validated). The job of a checks-only selection must be partitioned for that to pass."""
+    from kryten_pipeline.definitions import defs
+
+    assert defs.resolve_job_def(drift_check_job.name).partitions_def is not None
+    with dg.instance_for_test() as instance:
+        register_namespaces(instance, ["default", "beta"])
+        schedule = defs.get_schedule_def("drift_check_all_namespaces")
+        context = dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def())
+        result = schedule.evaluate_tick(context)
+    assert result.skip_message is None
+    assert sorted(r.partition_key for r in result.run_requests) == ["beta", "default"]
+    assert all(r.tags["dagster/partition"] == r.partition_key for r in result.run_requests)

@@ -20,8 +20,10 @@ refresh_job = dg.define_asset_job(
 drift_check_job = dg.define_asset_job(
     "check_kv_current_matches_sqlite",
     selection=dg.AssetSelection.checks(kv_current_matches_sqlite),
-    # A checks-only selection has no asset to infer the partitioning from.
-    partitions_def=namespace_partitions,
+    # A checks-only selection has no asset to infer the partitioning from, and Dagster 1.13 drops a
+    # `partitions_def=` given here for such a selection (the job resolves unpartitioned, and every scheduled
+    # run request with a partition fails). A partitioned config carries the partitions into the job.
+    config=dg.PartitionedConfig(partitions_def=namespace_partitions, run_config_for_partition_key_fn=lambda _: {}),
     description="Only compare KV current with the live SQLite file (catches drift behind the pipeline's back).",
     tags={"kryten/kind": "drift-check"},
 )
