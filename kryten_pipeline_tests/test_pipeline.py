@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from kryten_pipeline.dagster_defs.partitions import register_namespaces
 from kryten_pipeline.embedded_nats import RunningNatsServer
 from kryten_pipeline.kv_store import current_key, snapshot_store
 from kryten_pipeline.snapshot_db import live_db_path, read_snapshot_meta
@@ -119,7 +120,7 @@ def test_collapsed_count_is_not_published(env: PipelineEnv) -> None:
     assert len(live_ids(env)) == 100
 
 
-def test_publish_failure_restores_the_previous_live_file(env: PipelineEnv, tmp_path: Path) -> None:
+def test_nats_unreachable_leaves_the_previous_live_file(env: PipelineEnv, tmp_path: Path) -> None:
     assert env.refresh().success
     before_current = env.current()
     previous_id = before_current.value["snapshot_id"]
@@ -208,3 +209,18 @@ def test_intermediates_are_stored_as_files_and_handed_over_in_memory_within_a_ru
     assert rebuilt.success
     assert [Path(p).parts[-2:] for p in disk_reads] == [("validated_items", "default")]
     assert len(live_ids(env)) == 40
+
+
+def test_every_check_records_its_namespace_and_the_materialization_it_judged(env: PipelineEnv) -> None:
+    register_namespaces(env.instance, ["beta"])
+    for namespace in ("default", "beta", "default"):
+        result = env.refresh(namespace)
+        assert result.success
+        evaluations = [e.event_specific_data for e in result.all_events
+                       if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+        assert {e.check_name for e in evaluations} == {"schema_and_reject_ratio", "sqlite_integrity",
+                                                        "removal_guard", "kv_current_matches_sqlite"}
+        for evaluation in evaluations:
+            assert evaluation.partition == namespace, evaluation.check_name
+            target = evaluation.target_materialization_data
+            assert target is not None and target.run_id == result.run_id, evaluation.check_name

@@ -198,6 +198,7 @@ def raw_catalog(
             "schema_and_reject_ratio",
             asset="validated_items",
             blocking=True,
+            partitions_def=namespace_partitions,
             description="Schema held; rejected rows ≤ KRYTEN_MAX_REJECT_RATIO; item count not collapsed "
             "below KRYTEN_MIN_COUNT_RATIO of the live snapshot.",
         )
@@ -282,6 +283,7 @@ def validated_items(
             "sqlite_integrity",
             asset="sqlite_snapshot",
             blocking=True,
+            partitions_def=namespace_partitions,
             description="PRAGMA integrity_check ok, FTS row count = item count, snapshot_meta complete; "
             "checked on the new file before it is swapped in.",
         ),
@@ -289,6 +291,7 @@ def validated_items(
             "removal_guard",
             asset="sqlite_snapshot",
             blocking=True,
+            partitions_def=namespace_partitions,
             description="The refresh removes at most KRYTEN_MAX_REMOVED_RATIO of the live catalog (unless the run "
             "is tagged kryten/allow-removals=true); the diff is in the metadata.",
         ),
@@ -326,12 +329,14 @@ def sqlite_snapshot(
         yield dg.AssetCheckResult(check_name="sqlite_integrity", passed=False, description=str(exc))
         yield dg.AssetCheckResult(check_name="removal_guard", passed=False, description="not evaluated: build failed")
         raise failure(exc, namespace=namespace) from exc
-    yield dg.AssetCheckResult(
+    # The passing check results are yielded after the output they judge, so that each names this run's
+    # materialization as its target; a failing one is yielded before the step fails.
+    judged = [dg.AssetCheckResult(
         check_name="sqlite_integrity",
         passed=True,
         description="integrity_check ok; FTS rows = items; snapshot_meta complete",
         metadata={"item_count": built.item_count, "snapshot_id": built.snapshot_id},
-    )
+    )]
     diff = built.diff
     allowed = context.run.tags.get(ALLOW_REMOVALS_TAG, "").lower() in ("1", "true", "yes")
     removed_ratio = diff.removed_ratio if diff else 0.0
@@ -344,11 +349,12 @@ def sqlite_snapshot(
            else "")
         + ")"
     )
-    yield dg.AssetCheckResult(
+    judged.append(dg.AssetCheckResult(
         check_name="removal_guard", passed=guard_ok, severity=dg.AssetCheckSeverity.ERROR,
         description=guard_description, metadata=diff_metadata,
-    )
+    ))
     if not guard_ok:
+        yield from judged
         built.path.unlink(missing_ok=True)
         raise failure(
             ValidationThresholdError(
@@ -383,6 +389,7 @@ def sqlite_snapshot(
     try:
         stored = asyncio.run(_store_file(settings, built, snapshot_value(info, run_id=context.run_id)))
     except KrytenError as exc:
+        yield from judged
         built.path.unlink(missing_ok=True)
         raise failure(exc, namespace=namespace) from exc
     put_s = time.perf_counter() - t0
@@ -391,6 +398,7 @@ def sqlite_snapshot(
     try:
         installed = install_snapshot(built, data_dir=settings.data_dir, keep=settings.keep_snapshots)
     except (StaleSnapshotError, OSError) as exc:
+        yield from judged
         error = exc if isinstance(exc, KrytenError) else SnapshotBuildError(f"swap failed: {exc}")
         raise failure(error, namespace=namespace) from exc
     fault_point("step.sqlite_snapshot.swapped")
@@ -425,6 +433,7 @@ def sqlite_snapshot(
             **{f"timing.{k}": v for k, v in built.timings.items()},
         },
     )
+    yield from judged
 
 
 async def _store_file(settings: Settings, built: BuiltSnapshot, value: dict[str, Any]) -> StoredObject:
