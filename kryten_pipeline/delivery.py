@@ -30,7 +30,6 @@ from kryten_pipeline.snapshot_db import (
     ensure_dir,
     fsync_dir,
     kept_snapshot_path,
-    pid_alive,
     verify_snapshot_db,
 )
 from kryten_pipeline.snapshot_id import is_snapshot_id
@@ -157,14 +156,14 @@ async def restore_kept_file(store: SnapshotStore, data_dir: Path, namespace: str
     return kept
 
 
-def remove_stale_downloads(directory: Path, *, any_pid: bool = False) -> list[str]:
-    """Remove downloads left by dead processes (all of them with ``any_pid``, for a caller holding the lock)."""
+def remove_stale_downloads(directory: Path) -> list[str]:
+    """Remove every download left in ``directory`` (by a killed process); the caller holds the lock that
+    makes it the only installer there."""
     removed: list[str] = []
     if not Path(directory).is_dir():
         return removed
     for path in Path(directory).iterdir():
-        match = _DOWNLOAD_RE.match(path.name)
-        if match and (any_pid or not pid_alive(int(match["pid"]))):
+        if _DOWNLOAD_RE.match(path.name):
             _unlink(path)
             removed.append(path.name)
     return removed

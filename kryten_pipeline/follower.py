@@ -116,7 +116,7 @@ class InstallTarget:
             os.ftruncate(fd, 0)
             os.write(fd, f"pid {os.getpid()}".encode())
             # Holding the lock, every download left in the versions dir belongs to a dead process.
-            remove_stale_downloads(self.versions_dir, any_pid=True)
+            remove_stale_downloads(self.versions_dir)
             yield
         finally:
             os.close(fd)
