@@ -23,7 +23,7 @@ from typing import Any
 from kryten_pipeline.errors import DeliveryError
 from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.kv_store import SnapshotStore
-from kryten_pipeline.object_store import STALL_TIMEOUT_S, SnapshotObjectStore
+from kryten_pipeline.object_store import STALL_TIMEOUT_S
 from kryten_pipeline.snapshot_db import (
     FILE_MODE,
     PUBLISHED_FILE_MODE,
@@ -90,8 +90,7 @@ async def fetch_snapshot_file(
     if not isinstance(expected_size, int) or not isinstance(expected_sha, str):
         raise DeliveryError(f"the KV record of {snapshot_id} lacks size_bytes or sqlite_sha256: cannot verify a "
                             f"download against it")
-    objects = store.objects if bucket == store.objects.bucket else SnapshotObjectStore(
-        store.jetstream, bucket, create=False)
+    objects = store.objects_in(bucket)
     info = await objects.stat(name)
     if info is None:
         raise DeliveryError(f"object {name} of bucket {bucket!r}, which KV names for {snapshot_id}, is missing "

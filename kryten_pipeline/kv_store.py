@@ -364,6 +364,11 @@ class SnapshotStore:
         self._kv: KeyValue | None = None
         self._max_value_size = -1  # the bucket's limit on one value, -1: none
 
+    def objects_in(self, bucket: str) -> SnapshotObjectStore:
+        """The object store a KV record names: this store's own, or (a record from another configuration)
+        that bucket, read-only."""
+        return self.objects if bucket == self.objects.bucket else SnapshotObjectStore(self._js, bucket, create=False)
+
     @property
     def jetstream(self) -> JetStreamContext:
         """The JetStream context this store writes through (the object store shares the connection)."""

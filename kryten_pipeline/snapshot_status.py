@@ -7,7 +7,6 @@ from typing import Any
 from kryten_pipeline.consistency import compare_current_with_sqlite
 from kryten_pipeline.errors import ConfigurationError
 from kryten_pipeline.kv_store import SnapshotStore, snapshot_store
-from kryten_pipeline.object_store import SnapshotObjectStore
 from kryten_pipeline.settings import Settings
 
 
@@ -50,8 +49,7 @@ async def _object_status(store: SnapshotStore, current: dict[str, Any] | None) -
             f"KV current ({current.get('snapshot_id')}) names no Object Store file: followers cannot install it "
             "(it was published before file delivery; a refresh publishes one)")
         return status
-    objects = store.objects if bucket == store.objects.bucket else SnapshotObjectStore(
-        store.jetstream, str(bucket), create=False)
+    objects = store.objects_in(str(bucket))
     status.update(bucket=bucket, name=name)
     try:
         info = await objects.stat(str(name))
