@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from kryten_pipeline.dagster_defs.checks import kv_current_matches_sqlite
 from kryten_pipeline.dagster_defs.partitions import register_namespaces
 from kryten_pipeline.embedded_nats import RunningNatsServer
 from kryten_pipeline.kv_store import current_key, snapshot_store
@@ -105,6 +106,12 @@ def test_blocking_reject_check_stops_the_publish(env: PipelineEnv, tmp_path: Pat
     result = env.refresh(source="export", export_path=str(bad))
     assert not result.success
     assert check_results(result)["schema_and_reject_ratio"] is False
+    # The run's own failure message carries the check's reason (not just "a blocking check failed"), with one
+    # stack trace: no chained cause.
+    run_failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
+    error = run_failure.event_specific_data.error
+    assert "schema_and_reject_ratio failed" in error.message and "KRYTEN_MAX_REJECT_RATIO" in error.message
+    assert error.cause is None and error.context is None
     assert "sqlite_snapshot" not in executed_steps(result) and "kv_published" not in executed_steps(result)
     assert env.current().revision == before_current.revision
     assert live_db_path(env.data_dir, "default").read_bytes() == before_bytes
@@ -148,6 +155,31 @@ def test_drift_check_fails_when_current_is_changed_behind_its_back(env: Pipeline
     assert check_results(drift) == {"kv_current_matches_sqlite": False}
     evaluation = next(e for e in drift.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION")
     assert "item_count" in evaluation.event_specific_data.description
+
+
+def test_the_drift_check_launched_without_a_partition_reports_and_says_how_to_record(env: PipelineEnv) -> None:
+    # An unpartitioned launch (the implicit asset job with no partition) must not end in Dagster's bare
+    # "Cannot access partition_key for a non-partitioned run": it compares every namespace, and fails with one
+    # line giving the findings and how to record them per namespace.
+    register_namespaces(env.instance, ["beta"])
+    assert env.refresh().success and env.refresh("beta").success
+
+    async def tamper() -> None:
+        async with snapshot_store(env.settings) as store:
+            kv = await store.ensure_bucket()
+            value = json.loads((await kv.get(current_key("beta"))).value)
+            value["item_count"] = 1
+            await kv.put(current_key("beta"), json.dumps(value).encode())
+
+    asyncio.run(tamper())
+    job = env.definitions().resolve_implicit_global_asset_job_def()
+    result = job.get_subset(asset_check_selection={kv_current_matches_sqlite.check_key}, asset_selection=set())\
+        .execute_in_process(instance=env.instance, raise_on_error=False, run_config=QUIET)
+    assert not result.success
+    [description] = failure_descriptions(result)
+    assert "needs a namespace partition" in description and "check_kv_current_matches_sqlite" in description
+    assert "drift in beta: " in description and "item_count" in description and "default:" not in description
+    assert "Cannot access partition_key" not in description
 
 
 def test_removal_guard_blocks_a_shrinking_catalog_unless_the_run_allows_it(env: PipelineEnv) -> None:

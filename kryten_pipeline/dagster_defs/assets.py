@@ -163,7 +163,7 @@ def raw_catalog(
         with bulk_work():
             columns = asyncio.run(_collect(connector))
     except KrytenError as exc:
-        raise failure(exc, namespace=namespace) from exc
+        raise failure(exc, namespace=namespace) from None
     elapsed = time.perf_counter() - started
     fault_point("fetch.done")
     raw = RawCatalog(namespace, connector.label, columns, list(connector.source_rejects), dict(connector.stats))
@@ -216,7 +216,7 @@ def validated_items(
         settings = kryten_settings(pipeline, catalog_source)
         manifest_base = manifest_base_from(settings.mediacms_url, settings.manifest_base_url)
     except KrytenError as exc:
-        raise failure(exc, namespace=namespace) from exc
+        raise failure(exc, namespace=namespace) from None
     started = time.perf_counter()
     with bulk_work():
         result = validate_items(raw_catalog.columns, manifest_base=manifest_base,
@@ -269,6 +269,21 @@ def validated_items(
             "problems": dg.MetadataValue.json(report.problems),
         },
     )
+    if not report.passed:
+        # The check is blocking: failing the step here, with the check's reasons, puts them in the run's failure
+        # message (Dagster's own blocking-check error only says that a check failed).
+        raise failure(
+            ValidationThresholdError(f"check schema_and_reject_ratio failed: {'; '.join(report.problems)}",
+                                     setting=_threshold_setting(report.problems)),
+            namespace=namespace,
+        )
+
+
+def _threshold_setting(problems: list[str]) -> str:
+    for setting in ("KRYTEN_MAX_REJECT_RATIO", "KRYTEN_MIN_COUNT_RATIO"):
+        if any(setting in problem for problem in problems):
+            return setting
+    return "KRYTEN_SOURCE"
 
 
 @dg.asset(
@@ -328,7 +343,7 @@ def sqlite_snapshot(
     except SnapshotBuildError as exc:
         yield dg.AssetCheckResult(check_name="sqlite_integrity", passed=False, description=str(exc))
         yield dg.AssetCheckResult(check_name="removal_guard", passed=False, description="not evaluated: build failed")
-        raise failure(exc, namespace=namespace) from exc
+        raise failure(exc, namespace=namespace) from None
     # The passing check results are yielded after the output they judge, so that each names this run's
     # materialization as its target; a failing one is yielded before the step fails.
     judged = [dg.AssetCheckResult(
@@ -391,7 +406,7 @@ def sqlite_snapshot(
     except KrytenError as exc:
         yield from judged
         built.path.unlink(missing_ok=True)
-        raise failure(exc, namespace=namespace) from exc
+        raise failure(exc, namespace=namespace) from None
     put_s = time.perf_counter() - t0
     context.log.info(f"stored {built.size_bytes} bytes as object {stored.name} of bucket {stored.bucket} "
                      f"in {put_s:.2f} s")
@@ -400,7 +415,7 @@ def sqlite_snapshot(
     except (StaleSnapshotError, OSError) as exc:
         yield from judged
         error = exc if isinstance(exc, KrytenError) else SnapshotBuildError(f"swap failed: {exc}")
-        raise failure(error, namespace=namespace) from exc
+        raise failure(error, namespace=namespace) from None
     fault_point("step.sqlite_snapshot.swapped")
     context.log.info(
         f"snapshot {built.snapshot_id}: {built.item_count} items, {built.category_count} categories, "
@@ -490,7 +505,7 @@ def kv_published(
             note = (f"; the live file keeps {value['snapshot_id']} (it passed every check): the next refresh records "
                     f"it and moves current forward to it")
             raise failure(type(exc)(f"{exc}{note}", setting=exc.setting), namespace=namespace,
-                          live_snapshot_id=value["snapshot_id"]) from exc
+                          live_snapshot_id=value["snapshot_id"]) from None
         # The compare-and-set went through but its answer was lost: current names the live file, as it must.
         context.log.warning(f"publish reported an error, yet current names {value['snapshot_id']}: {exc}")
         result = PublishResult(snapshot_key(namespace, value["snapshot_id"]), 0, moved.revision,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from kryten_pipeline.dagster_defs.assets import kv_published, raw_catalog, sqlite_snapshot, validated_items
-from kryten_pipeline.dagster_defs.checks import kv_current_matches_sqlite
+from kryten_pipeline.dagster_defs.checks import DRIFT_JOB_NAME, kv_current_matches_sqlite
 from kryten_pipeline.dagster_defs.partitions import namespace_partitions
 
 REFRESH_JOB_NAME = "refresh_catalog"
@@ -18,7 +18,7 @@ refresh_job = dg.define_asset_job(
 )
 
 drift_check_job = dg.define_asset_job(
-    "check_kv_current_matches_sqlite",
+    DRIFT_JOB_NAME,
     selection=dg.AssetSelection.checks(kv_current_matches_sqlite),
     # A checks-only selection has no asset to infer the partitioning from, and Dagster 1.13 drops a
     # `partitions_def=` given here for such a selection (the job resolves unpartitioned, and every scheduled

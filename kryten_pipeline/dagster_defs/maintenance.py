@@ -39,7 +39,7 @@ def _checked_namespace(context: dg.OpExecutionContext, namespace: str) -> str:
     try:
         validate_namespace(namespace)
     except KrytenError as exc:
-        raise failure(exc, namespace=namespace) from exc
+        raise failure(exc, namespace=namespace) from None
     if namespace not in registered_namespaces(context.instance):
         error = ConfigurationError(
             f"namespace {namespace!r} is not registered; add it with `kryten-pipeline namespaces add {namespace}`",
@@ -64,7 +64,7 @@ def prune_namespace_snapshots(
             result = asyncio.run(apply_retention(settings, namespace, keep=config.keep))
     except (KrytenError, ValueError, TimeoutError) as exc:
         error = exc if isinstance(exc, KrytenError) else ConfigurationError(str(exc), setting="KRYTEN_KEEP_SNAPSHOTS")
-        raise failure(error, namespace=namespace) from exc
+        raise failure(error, namespace=namespace) from None
     context.log.info(
         f"namespace {namespace}: kept {', '.join(result.kept) or 'nothing'}; deleted records "
         f"{result.deleted_records or 'none'}, files {result.deleted_files or 'none'}, "
@@ -100,7 +100,7 @@ def rollback_namespace(
         outcome = asyncio.run(rollback_to(settings, namespace, config.snapshot_id))
         report = asyncio.run(read_consistency(settings, namespace))
     except KrytenError as exc:
-        raise failure(exc, namespace=namespace, snapshot_id=config.snapshot_id) from exc
+        raise failure(exc, namespace=namespace, snapshot_id=config.snapshot_id) from None
     context.log.info(
         f"namespace {namespace}: current is now {outcome['snapshot_id']} (was {outcome['previous_current'] or 'none'}, "
         f"revision {outcome['current_revision']}); consistent: {report.consistent}"

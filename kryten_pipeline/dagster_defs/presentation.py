@@ -21,7 +21,11 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
 
 
 def failure(exc: KrytenError, **metadata: Any) -> dg.Failure:
-    """A step failure whose description is the core's one-line message (shown in the UI and the CLI)."""
+    """A step failure whose description is the core's one-line message (shown in the UI and the CLI).
+
+    Raise it ``from None``: the message already says what went wrong and which setting to check, so the UI
+    shows it with one stack trace (the step's), not a second one for the core error it explains.
+    """
     meta: dict[str, Any] = {"error_type": type(exc).__name__, **metadata}
     if exc.setting:
         meta["setting_to_check"] = exc.setting
