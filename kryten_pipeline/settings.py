@@ -101,6 +101,10 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("KRYTEN_REFRESH_TIMEZONE", "refresh_timezone", "UTC", "IANA timezone of KRYTEN_REFRESH_CRON"),
     SettingSpec("KRYTEN_DRIFT_CHECK_CRON", "drift_check_cron", "*/15 * * * *",
                 "cron of the kv_current_matches_sqlite drift check (every registered namespace)"),
+    SettingSpec("KRYTEN_CODE_GIT_URL", "code_git_url", None,
+                "repository URL (e.g. https://github.com/org/kryten-pipeline): the Dagster UI links each asset to "
+                "its source lines there; unset: local file paths"),
+    SettingSpec("KRYTEN_CODE_GIT_BRANCH", "code_git_branch", "main", "branch or commit those links point at"),
     SettingSpec("REDIS_URL", "redis_url", None,
                 "Redis with the catalog.updated stream (redis://, rediss://); unset: the event sensor skips", True),
     SettingSpec("CATALOG_EVENT_STREAM_KEY", "catalog_event_stream_key", "catalog:events",
@@ -193,6 +197,8 @@ class Settings:
     refresh_cron: str = "0 3 * * *"
     refresh_timezone: str = "UTC"
     drift_check_cron: str = "*/15 * * * *"
+    code_git_url: str | None = None
+    code_git_branch: str = "main"
     redis_url: str | None = field(default=None, repr=False)
     catalog_event_stream_key: str = "catalog:events"
     event_group: str = "kryten-pipeline"
@@ -277,6 +283,8 @@ class Settings:
             refresh_cron=raw["refresh_cron"] or "0 3 * * *",
             refresh_timezone=_as_timezone(raw["refresh_timezone"] or "UTC", "refresh_timezone"),
             drift_check_cron=raw["drift_check_cron"] or "*/15 * * * *",
+            code_git_url=raw["code_git_url"],
+            code_git_branch=raw["code_git_branch"] or "main",
             redis_url=raw["redis_url"],
             catalog_event_stream_key=raw["catalog_event_stream_key"] or "catalog:events",
             event_group=raw["event_group"] or "kryten-pipeline",

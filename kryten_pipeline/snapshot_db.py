@@ -66,6 +66,11 @@ CREATE TABLE catalog_item_category(
 CREATE TABLE snapshot_meta(key TEXT PRIMARY KEY, value TEXT);
 """
 
+def catalog_item_ddl() -> str:
+    """The tables of a snapshot file (without the indexes and the FTS5 table built after the load)."""
+    return _DDL
+
+
 # The FTS5 tokenizer of catalog_fts; search.py tokenizes query words with the very same one.
 FTS_TOKENIZER = "unicode61 remove_diacritics 2"
 # FTS5 keeps pending terms in memory and writes a segment whenever they pass 'hashsize' (1 MiB by default),

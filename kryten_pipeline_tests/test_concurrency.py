@@ -217,28 +217,40 @@ def test_a_refresh_that_waited_repairs_the_killed_holders_run(tmp_path: Path, na
     assert status_of(settings_for(tmp_path / "data", nats_server.url, bucket))["consistent"]
 
 
-def test_the_dead_run_sensor_fails_runs_of_gone_processes(tmp_path: Path) -> None:
+def test_the_dead_run_sensor_fails_runs_of_gone_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under dagster-daemon: a tick of ``dead_run_repair``, evaluated by Dagster with the repository as the
-    daemon does, marks a run whose process is gone failed, and leaves a live process's run alone."""
-    import socket
+    daemon does, marks a run whose process is gone failed, and leaves a live process's run alone. The owner of a
+    run is recorded beside the data, not as run tags."""
+    import dataclasses
     import subprocess
     import sys
 
-    from kryten_pipeline.dagster_defs.run_liveness import HOST_TAG, PID_START_TAG, PID_TAG, process_tags
-    from kryten_pipeline.definitions import defs
+    from kryten_pipeline.dagster_defs.run_liveness import read_owner, run_owner_record
+    from kryten_pipeline.definitions import build_definitions
 
+    data_dir = tmp_path / "data"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KRYTEN_DATA_DIR", str(data_dir))
+    defs = build_definitions()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     instance = dg.DagsterInstance.ephemeral()
     job = defs.resolve_job_def("refresh_catalog")
-    dead = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags={
-        "dagster/partition": "default", HOST_TAG: socket.gethostname(), PID_TAG: str(gone.pid), PID_START_TAG: ""})
-    alive = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED,
-                                        tags={"dagster/partition": "default", **process_tags()})
-    sensor = defs.get_sensor_def("dead_run_repair")
-    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    context = dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def())
-    result = sensor.evaluate_tick(context)
-    assert dead.run_id in (result.skip_message or "")
-    assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
-    assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
+    dead = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": "default"})
+    alive = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": "default"})
+    with run_owner_record(data_dir, alive.run_id, "default"), run_owner_record(data_dir, dead.run_id, "default") as me:
+        # The dead run's record names a process that has exited.
+        record = data_dir / ".run-owners" / f"{dead.run_id}.json"
+        record.write_text(json.dumps(dataclasses.asdict(dataclasses.replace(me, pid=gone.pid, pid_start=""))))
+        assert not any(key.startswith(("kryten/host", "kryten/pid")) for key in alive.tags)
+        sensor = defs.get_sensor_def("dead_run_repair")
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+        # As the daemon does: the repository's resources (the pipeline's KRYTEN_DATA_DIR) go with the context.
+        with dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def(),
+                                     resources=defs.resources) as context:
+            result = sensor.evaluate_tick(context)
+        assert dead.run_id in (result.skip_message or "")
+        assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
+        assert not record.exists() and read_owner(data_dir, alive.run_id) is not None
+    assert read_owner(data_dir, alive.run_id) is None  # removed when its block ends

@@ -77,8 +77,24 @@ def test_the_code_location_has_the_automation() -> None:
                                                        "catalog_events_ack"}
     assert {"refresh_catalog", "check_kv_current_matches_sqlite", "prune_snapshots", "rollback"} <= {
         job.name for job in repository.get_all_jobs()}
-    sensors = {s.name: s for s in repository.sensor_defs}
+
+
+def test_the_event_sensors_start_stopped_without_redis_and_say_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from kryten_pipeline.definitions import build_definitions
+
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    sensors = {s.name: s for s in build_definitions().get_repository_def().sensor_defs}
+    for name in ("catalog_updated_events", "catalog_events_ack"):
+        assert sensors[name].default_status == dg.DefaultSensorStatus.STOPPED
+        assert "REDIS_URL was not set" in (sensors[name].description or "")
+    assert sensors["dead_run_repair"].default_status == dg.DefaultSensorStatus.RUNNING
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    sensors = {s.name: s for s in build_definitions().get_repository_def().sensor_defs}
     assert sensors["catalog_updated_events"].default_status == dg.DefaultSensorStatus.RUNNING
+    assert "REDIS_URL was not set" not in (sensors["catalog_updated_events"].description or "")
 
 
 def test_a_drift_check_tick_evaluated_with_the_repository_requests_valid_runs() -> None:

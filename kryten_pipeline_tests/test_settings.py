@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import dagster as dg
@@ -15,12 +16,19 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_every_setting_is_a_field_of_exactly_one_resource_with_the_same_default() -> None:
+    hints = typing.get_type_hints(Settings)
     owners: dict[str, list[str]] = {}
     for key, cls in RESOURCE_CLASSES.items():
         for name, field in cls.model_fields.items():
             owners.setdefault(name, []).append(key)
             spec = next(s for s in SETTINGS if s.field == name)
-            assert field.default == spec.default, name
+            # Typed as Settings types it (the launchpad shows a number as a number), described by its variable.
+            if hints[name] in (int, float, bool, int | None):
+                assert field.annotation == hints[name], name
+                assert field.default == getattr(Settings(), name), name
+            else:
+                assert field.annotation in (str, str | None) and field.default == spec.default, name
+            assert field.description and field.description.startswith(f"{spec.env}: "), name
     for spec in SETTINGS:
         assert len(owners.get(spec.field, [])) == 1, f"{spec.env} must be on exactly one resource"
 
@@ -29,6 +37,18 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     text = README.read_text(encoding="utf-8")
     missing = [spec.env for spec in SETTINGS if spec.env not in text and spec.env.split("_TLS_")[0] not in text]
     assert not missing, f"README lacks {missing}"
+
+
+def test_resources_take_typed_values_from_the_environment_and_name_a_bad_variable() -> None:
+    resources = configured_resources({"KRYTEN_KEEP_SNAPSHOTS": "7", "KRYTEN_MAX_REJECT_RATIO": "0.1",
+                                      "KRYTEN_REQUIRE_HTTPS_THUMBNAILS": "false"})
+    pipeline = resources["pipeline"]
+    assert (pipeline.keep_snapshots, pipeline.max_reject_ratio, pipeline.require_https_thumbnails) == (7, 0.1, False)
+    with pytest.raises(ConfigurationError, match="KRYTEN_KEEP_SNAPSHOTS") as caught:
+        configured_resources({"KRYTEN_KEEP_SNAPSHOTS": "three"})
+    assert "'three' is not an integer" in str(caught.value)
+    with pytest.raises(ConfigurationError, match="KRYTEN_MAX_REMOVED_RATIO"):
+        configured_resources({"KRYTEN_MAX_REMOVED_RATIO": "1.5"})
 
 
 def test_resources_bind_set_variables_with_envvar_and_never_hold_secret_values() -> None:

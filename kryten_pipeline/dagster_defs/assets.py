@@ -11,10 +11,19 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 from dagster_pandera import pandera_schema_to_dagster_type
+from pydantic import Field
 
 from kryten_pipeline import __version__
 from kryten_pipeline.catalog_item import CatalogConnector, SourceReject
 from kryten_pipeline.connectors import make_connector
+from kryten_pipeline.dagster_defs.asset_metadata import (
+    COLUMN_SCHEMA_KEY,
+    SNAPSHOT_TABLE,
+    TABLE_NAME_KEY,
+    snapshot_column_schema,
+    sqlite_table_metadata,
+    validated_column_schema,
+)
 from kryten_pipeline.dagster_defs.partitions import namespace_partitions
 from kryten_pipeline.dagster_defs.presentation import failure, markdown_table, scalar_metadata
 from kryten_pipeline.dagster_defs.resources import (
@@ -62,6 +71,54 @@ from kryten_pipeline.validation import (
 )
 
 GROUP = "catalog"
+
+RAW_CATALOG_DESCRIPTION = """Every item of the configured catalog source, read through its connector.
+
+**Reads** the source `KRYTEN_SOURCE` names: an export file (`KRYTEN_EXPORT_PATH`, default the shipped sample),
+the MediaCMS REST API (`MEDIACMS_URL`) or database (`MEDIACMS_DB_URL`), or the ContentService gRPC stream
+(`CONTENT_SERVICE_ADDR`). Before reading, it repairs what a killed refresh of the namespace left half done.
+
+**Guarantees** the whole catalog or a failed step: a source that stops, truncates or misbehaves fails the run with
+one line naming the setting to fix — it never hands on a partial catalog. Records it cannot turn into items are
+kept as source rejects (counted in `validated_items`).
+
+**Writes** nothing outside Dagster's storage (a pickle per namespace, handed over in memory within a run)."""
+
+VALIDATED_ITEMS_DESCRIPTION = """The items that passed the pandera schema `validated_catalog_items` (see Columns).
+
+**Reads** `raw_catalog`, and the live snapshot's item count (for the collapse guard).
+
+**Guarantees** unique `video_id`s (the first valid occurrence is kept), clean titles and categories, https
+manifest URLs. Each rejected row is written with its reasons to `{KRYTEN_DATA_DIR}/{ns}/rejects/*.jsonl`; a
+thumbnail URL that is not https is dropped from its item (counted). The blocking check
+`schema_and_reject_ratio` stops the refresh when more than `KRYTEN_MAX_REJECT_RATIO` of the rows are rejected or
+the catalog shrank below `KRYTEN_MIN_COUNT_RATIO` of the live one."""
+
+SQLITE_SNAPSHOT_DESCRIPTION = """A new SQLite search index of the catalog: the table `catalog_item` (see Columns),
+`catalog_category`, `catalog_item_category`, `snapshot_meta` and the FTS5 table `catalog_fts`.
+
+**Reads** `validated_items` and the live file (for the diff and the removal guard).
+
+**Guarantees** a file that passed `PRAGMA integrity_check`, an FTS row per item and a complete `snapshot_meta`
+(check `sqlite_integrity`) and removes at most `KRYTEN_MAX_REMOVED_RATIO` of the live catalog unless the run
+allows it (check `removal_guard`; launchpad config `allow_removals` or tag `kryten/allow-removals=true`).
+
+**Writes**, in this order: the file into the NATS Object Store (`KRYTEN_OBJECT_BUCKET`, object
+`ns/{ns}/{snapshot_id}.sqlite3`), then `{KRYTEN_DATA_DIR}/{ns}/catalog.sqlite3` by an atomic rename (readers see
+the old file or the new one, never a mix), keeping `KRYTEN_KEEP_SNAPSHOTS` copies under `snapshots/`."""
+
+KV_PUBLISHED_DESCRIPTION = """The snapshot recorded in NATS KV bucket `KRYTEN_KV_BUCKET`.
+
+**Writes** `ns/{ns}/snapshots/{snapshot_id}` (create-only), then `ns/{ns}/current` by compare-and-set, never
+backwards. Each value names the snapshot file's object (`object_bucket`, `object_name`, `size_bytes`,
+`sqlite_sha256`), which `kryten-pipeline follow` installs on reader hosts. Then applies retention
+(`KRYTEN_KEEP_SNAPSHOTS`: records, files and objects).
+
+**Guarantees** `current` names only a file that is live and verified; if the publish fails, `current` keeps the
+previous snapshot and the next refresh moves it forward. The check `kv_current_matches_sqlite` proves that
+`current` matches the live file, after each publish and on `KRYTEN_DRIFT_CHECK_CRON`.
+
+**Freshness**: expected anew at every tick of the refresh schedule (`KRYTEN_REFRESH_CRON`)."""
 ALLOW_REMOVALS_TAG = "kryten/allow-removals"
 OWNERS = ["team:kryten"]
 REJECT_FILES_KEPT = 10
@@ -90,6 +147,10 @@ VALIDATED_ITEMS_TYPE = dg.DagsterType(
 )
 
 
+# Connector stats that repeat a figure raw_catalog already shows (row count, rejects, time, rate).
+_STATS_SHOWN_ABOVE = frozenset({"items", "records", "source_rejects", "wall_time_s", "items_per_s"})
+
+
 @dataclass
 class RawCatalog:
     """What a connector produced for one namespace: items as the source gave them (as parallel columns,
@@ -104,6 +165,16 @@ class RawCatalog:
     @property
     def item_count(self) -> int:
         return len(self.columns["video_id"])
+
+
+class SnapshotConfig(dg.Config):
+    """Per-run choices of the snapshot step (the launchpad's config of ``sqlite_snapshot``)."""
+
+    allow_removals: bool = Field(
+        default=False,
+        description="Swap the snapshot in even if it removes more than KRYTEN_MAX_REMOVED_RATIO of the live "
+        "catalog (an intended clean-up). Same as `refresh --allow-removals` or the run tag kryten/allow-removals=true.",
+    )
 
 
 async def _reconcile(settings: Settings, namespace: str) -> Reconciliation:
@@ -142,13 +213,14 @@ def _progress_logger(context: dg.AssetExecutionContext, *, interval: float = PRO
     group_name=GROUP,
     owners=OWNERS,
     kinds={"python"},
-    description="Every item of the configured catalog source (KRYTEN_SOURCE), read through its connector.",
+    description=RAW_CATALOG_DESCRIPTION,
 )
 def raw_catalog(
     context: dg.AssetExecutionContext, pipeline: PipelineResource, catalog_source: CatalogSourceResource,
     nats: NatsResource,
 ) -> dg.Output[RawCatalog]:
     namespace = context.partition_key
+    step_started = time.perf_counter()
     fault_point("step.raw_catalog.start")
     try:
         settings = kryten_settings(pipeline, catalog_source, nats)
@@ -173,10 +245,12 @@ def raw_catalog(
         "namespace": namespace,
         "source": connector.label,
         "source_rejects": len(raw.source_rejects),
-        "wall_time_s": round(elapsed, 3),
+        "wall_time_s": round(time.perf_counter() - step_started, 3),
+        "timing.read_s": round(elapsed, 3),
         "items_per_s": round(records / elapsed, 1) if elapsed > 0 else 0.0,
         "recovery": recovery.detail or recovery.action,
-        **scalar_metadata(raw.stats, prefix="source."),
+        # The connector's own figures, without those the lines above already give.
+        **scalar_metadata({k: v for k, v in raw.stats.items() if k not in _STATS_SHOWN_ABOVE}, prefix="source."),
     }
     if recovery.removed_temp_files:
         metadata["removed_temp_files"] = dg.MetadataValue.json(recovery.removed_temp_files)
@@ -192,7 +266,8 @@ def raw_catalog(
     owners=OWNERS,
     kinds={"pandas", "pandera"},
     dagster_type=VALIDATED_ITEMS_TYPE,
-    description="Items that passed the pandera schema; each rejected row is written with its reasons.",
+    description=VALIDATED_ITEMS_DESCRIPTION,
+    metadata={COLUMN_SCHEMA_KEY: validated_column_schema()},
     check_specs=[
         dg.AssetCheckSpec(
             "schema_and_reject_ratio",
@@ -211,6 +286,7 @@ def validated_items(
     catalog_source: CatalogSourceResource,
 ) -> Any:
     namespace = context.partition_key
+    step_started = time.perf_counter()
     fault_point("step.validated_items.start")
     try:
         settings = kryten_settings(pipeline, catalog_source)
@@ -237,7 +313,7 @@ def validated_items(
         "rejected_count": result.rejected_count,
         "total_read": result.total,
         "reject_ratio": round(result.reject_ratio, 5),
-        "validation_s": round(elapsed, 3),
+        "timing.validate_s": round(elapsed, 3),
         "top_reject_reasons": dg.MetadataValue.md(markdown_table(["reason", "rows"], top) if top else "none"),
         "thumbnails_dropped": sum(result.dropped.values()),
         "dropped_values": dg.MetadataValue.md(
@@ -245,7 +321,8 @@ def validated_items(
         "preview": dg.MetadataValue.md(_preview(frame)),
     }
     if rejects_path:
-        metadata["rejects_file"] = dg.MetadataValue.path(str(rejects_path))
+        metadata["rejects_file"] = dg.MetadataValue.path(str(rejects_path.resolve()))
+    metadata["wall_time_s"] = round(time.perf_counter() - step_started, 3)
     dropped = sum(result.dropped.values())
     context.log.info(
         f"{result.accepted_count} valid, {result.rejected_count} rejected of {result.total} "
@@ -291,8 +368,8 @@ def _threshold_setting(problems: list[str]) -> str:
     group_name=GROUP,
     owners=OWNERS,
     kinds={"sqlite", "nats"},
-    description="A new SQLite search index (FTS5) built, verified, stored in the NATS Object Store "
-    "(KRYTEN_OBJECT_BUCKET) and swapped in atomically as catalog.sqlite3.",
+    description=SQLITE_SNAPSHOT_DESCRIPTION,
+    metadata={TABLE_NAME_KEY: SNAPSHOT_TABLE, COLUMN_SCHEMA_KEY: snapshot_column_schema()},
     check_specs=[
         dg.AssetCheckSpec(
             "sqlite_integrity",
@@ -313,10 +390,11 @@ def _threshold_setting(problems: list[str]) -> str:
     ],
 )
 def sqlite_snapshot(
-    context: dg.AssetExecutionContext, validated_items: pd.DataFrame, pipeline: PipelineResource,
-    nats: NatsResource,
+    context: dg.AssetExecutionContext, config: SnapshotConfig, validated_items: pd.DataFrame,
+    pipeline: PipelineResource, nats: NatsResource,
 ) -> Any:
     namespace = context.partition_key
+    step_started = time.perf_counter()
     fault_point("step.sqlite_snapshot.start")
     settings = kryten_settings(pipeline, nats)
     now = datetime.now(UTC)
@@ -353,15 +431,15 @@ def sqlite_snapshot(
         metadata={"item_count": built.item_count, "snapshot_id": built.snapshot_id},
     )]
     diff = built.diff
-    allowed = context.run.tags.get(ALLOW_REMOVALS_TAG, "").lower() in ("1", "true", "yes")
+    allowed_by = "config allow_removals" if config.allow_removals else f"tag {ALLOW_REMOVALS_TAG}"
+    allowed = config.allow_removals or context.run.tags.get(ALLOW_REMOVALS_TAG, "").lower() in ("1", "true", "yes")
     removed_ratio = diff.removed_ratio if diff else 0.0
     guard_ok = removed_ratio <= settings.max_removed_ratio or allowed
     diff_metadata = _diff_metadata(diff)
     guard_description = (
         f"{diff.summary() if diff else 'no previous snapshot'}; removed {removed_ratio:.1%} of the live catalog "
         f"(limit {settings.max_removed_ratio:.0%}, KRYTEN_MAX_REMOVED_RATIO"
-        + (f"; allowed by run tag {ALLOW_REMOVALS_TAG}" if allowed and not removed_ratio <= settings.max_removed_ratio
-           else "")
+        + (f"; allowed by this run ({allowed_by})" if allowed and removed_ratio > settings.max_removed_ratio else "")
         + ")"
     )
     judged.append(dg.AssetCheckResult(
@@ -375,7 +453,8 @@ def sqlite_snapshot(
             ValidationThresholdError(
                 f"the refresh would remove {diff.counts['removed']} of {diff.from_count} items "
                 f"({removed_ratio:.1%} > {settings.max_removed_ratio:.0%}); not swapped in. If this is intended, "
-                f"run again with --allow-removals (run tag {ALLOW_REMOVALS_TAG}=true)",
+                f"run again with --allow-removals (launchpad: sqlite_snapshot config allow_removals: true; "
+                f"run tag {ALLOW_REMOVALS_TAG}=true)",
                 setting="KRYTEN_MAX_REMOVED_RATIO",
             ),
             namespace=namespace,
@@ -446,6 +525,8 @@ def sqlite_snapshot(
             ),
             **diff_metadata,
             **{f"timing.{k}": v for k, v in built.timings.items()},
+            **sqlite_table_metadata(installed.live_path),
+            "wall_time_s": round(time.perf_counter() - step_started, 3),
         },
     )
     yield from judged
@@ -483,15 +564,14 @@ def _diff_metadata(diff: SnapshotDiff | None) -> dict[str, Any]:
     group_name=GROUP,
     owners=OWNERS,
     kinds={"nats"},
-    description="The snapshot recorded in NATS KV: ns/{ns}/snapshots/{id} (create-only), then ns/{ns}/current "
-    "by compare-and-set, never backwards. Each value names the snapshot file's object (object_bucket, "
-    "object_name, size_bytes, sqlite_sha256), which followers install.",
+    description=KV_PUBLISHED_DESCRIPTION,
 )
 def kv_published(
     context: dg.AssetExecutionContext, sqlite_snapshot: dict[str, Any], pipeline: PipelineResource,
     nats: NatsResource,
 ) -> dg.Output[dict[str, Any]]:
     namespace = context.partition_key
+    step_started = time.perf_counter()
     fault_point("step.kv_published.start")
     settings = kryten_settings(pipeline, nats)
     value = snapshot_value(sqlite_snapshot, run_id=context.run_id)
@@ -514,6 +594,7 @@ def kv_published(
         f"published {value['snapshot_id']} as {current_key(namespace)} (revision {result.current_revision}); "
         f"previous current: {result.previous_snapshot_id or 'none'}"
     )
+    publish_s = time.perf_counter() - step_started
     retention = _apply_retention(settings, namespace, context)
     fault_point("step.kv_published.end")
     return dg.Output(
@@ -529,6 +610,8 @@ def kv_published(
             "previous_current": result.previous_snapshot_id or "none",
             "nats": "embedded" if not settings.nats_url else "external",
             **retention,
+            "timing.publish_s": round(publish_s, 3),
+            "wall_time_s": round(time.perf_counter() - step_started, 3),
         },
     )
 

@@ -10,6 +10,7 @@ is handed over once: the entry is dropped when the consumer takes it, so nothing
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -57,4 +58,5 @@ class CatalogIOManager(dg.ConfigurableIOManagerFactory):
             if context.instance is None:
                 raise dg.DagsterInvariantViolationError("the catalog IO manager needs a Dagster instance or base_dir")
             base_dir = context.instance.storage_directory()
-        return HandoffPickleIOManager(base_dir=base_dir)
+        # Absolute, so the `path` metadata in the UI names the file wherever the webserver was started.
+        return HandoffPickleIOManager(base_dir=os.path.abspath(base_dir))

@@ -10,13 +10,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster._core.utils import make_new_run_id
 
 from kryten_pipeline.dagster_defs.partitions import register_namespaces, registered_namespaces
-from kryten_pipeline.dagster_defs.run_liveness import fail_runs_of_dead_processes, process_tags
+from kryten_pipeline.dagster_defs.run_liveness import fail_runs_of_dead_processes, run_owner_record
 from kryten_pipeline.errors import ConfigurationError
 from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.settings import Settings
@@ -54,16 +55,19 @@ def execute_refresh(
         from kryten_pipeline.definitions import defs as definitions
 
     job = definitions.resolve_job_def(REFRESH_JOB_NAME)
-    fail_runs_of_dead_processes(instance, namespace)  # a killed earlier refresh must not look running forever
+    data_dir = pipeline_data_dir(definitions)
+    fail_runs_of_dead_processes(instance, data_dir, namespace)  # a killed earlier refresh must not look running
     run_id = run_id or make_new_run_id()
     reporter = RunProgress(instance, run_id, progress)
     started = time.perf_counter()
     reporter.start()
     try:
-        result = job.execute_in_process(
-            instance=instance, partition_key=namespace, run_id=run_id, raise_on_error=False,
-            tags={**process_tags(), **(tags or {})}, run_config=QUIET_RUN_CONFIG,
-        )
+        # Recorded from before the run exists, so a kill at any moment leaves a run the next refresh repairs.
+        with run_owner_record(data_dir, run_id, namespace):
+            result = job.execute_in_process(
+                instance=instance, partition_key=namespace, run_id=run_id, raise_on_error=False,
+                tags=dict(tags or {}), run_config=QUIET_RUN_CONFIG,
+            )
     finally:
         reporter.stop()
     fault_point("run.finished")
@@ -71,6 +75,15 @@ def execute_refresh(
     summary["wall_time_s"] = round(time.perf_counter() - started, 3)
     summary["success"] = bool(result.success)
     return summary
+
+
+def pipeline_data_dir(definitions: dg.Definitions) -> Path:
+    """KRYTEN_DATA_DIR as the definitions' pipeline resource has it (a value, or the variable it is bound to)."""
+    resource = (definitions.resources or {}).get("pipeline")
+    value = getattr(resource, "data_dir", None)
+    if isinstance(value, dg.EnvVar):
+        value = value.get_value()
+    return Path(value or Settings.from_env().data_dir)
 
 
 POLL_INTERVAL_S = 0.25
@@ -179,7 +192,9 @@ def summarize_run(instance: Any, run_id: str, namespace: str) -> dict[str, Any]:
             summary["steps"].setdefault(step, {})["status"] = "skipped"
         elif kind == DagsterEventType.ASSET_MATERIALIZATION:
             materialization = event.event_specific_data.materialization
-            metadata = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+            # The column schema is for the UI (the CLI's JSON gives the contract's figures, not the DDL).
+            metadata = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()
+                        if k != "dagster/column_schema"}
             summary["steps"].setdefault(step, {})["metadata"] = _plain(metadata)
             if materialization.asset_key.path[-1] == "sqlite_snapshot":
                 summary["snapshot_id"] = metadata.get("snapshot_id")

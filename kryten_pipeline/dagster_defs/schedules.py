@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import dagster as dg
-from dagster._utils.schedules import is_valid_cron_string
+from croniter import croniter
 
 from kryten_pipeline.dagster_defs.jobs import drift_check_job, refresh_job
 from kryten_pipeline.dagster_defs.partitions import configured_namespaces, register_namespaces, registered_namespaces
@@ -20,7 +20,8 @@ from kryten_pipeline.settings import SPEC_BY_FIELD, Settings, load_dotenv_file
 
 REFRESH_SCHEDULE_NAME = "refresh_all_namespaces"
 DRIFT_SCHEDULE_NAME = "drift_check_all_namespaces"
-SCHEDULE_FIELDS = ("refresh_schedule_enabled", "refresh_cron", "refresh_timezone", "drift_check_cron")
+SCHEDULE_FIELDS = ("refresh_schedule_enabled", "refresh_cron", "refresh_timezone", "drift_check_cron", "code_git_url",
+                   "code_git_branch")
 
 
 def schedule_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -31,7 +32,7 @@ def schedule_settings(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings.from_mapping({name: environ.get(SPEC_BY_FIELD[name].env) for name in SCHEDULE_FIELDS})
     for name in ("refresh_cron", "drift_check_cron"):
         cron = getattr(settings, name)
-        if not is_valid_cron_string(cron):
+        if len(cron.split()) != 5 or not croniter.is_valid(cron):
             raise ConfigurationError(f"{cron!r} is not a cron expression (like '0 3 * * *')",
                                      setting=SPEC_BY_FIELD[name].env)
     return settings

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Mapping
 
 import dagster as dg
 
@@ -13,7 +15,7 @@ from kryten_pipeline.dagster_defs.partitions import configured_namespaces, regis
 from kryten_pipeline.dagster_defs.resources import PipelineResource, kryten_settings
 from kryten_pipeline.dagster_defs.run_liveness import fail_runs_of_dead_processes
 from kryten_pipeline.errors import KrytenError
-from kryten_pipeline.settings import Settings
+from kryten_pipeline.settings import SPEC_BY_FIELD, Settings, load_dotenv_file
 
 
 @dg.sensor(
@@ -41,8 +43,12 @@ def namespace_registry(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     description="Marks runs failed whose process on this host is gone (a killed CLI refresh, an OOM), so the "
     "one-run-per-namespace queue never waits behind a run that will not finish.",
 )
-def dead_run_repair(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-    repaired = fail_runs_of_dead_processes(context.instance)
+def dead_run_repair(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SkipReason:
+    try:
+        data_dir = kryten_settings(pipeline).data_dir
+    except KrytenError as exc:
+        return dg.SkipReason(f"configuration error: {exc}")
+    repaired = fail_runs_of_dead_processes(context.instance, data_dir)
     if repaired:
         context.log.warning(f"marked runs of killed processes failed: {', '.join(repaired)}")
         return dg.SkipReason(f"marked {len(repaired)} run(s) of killed processes failed: {', '.join(repaired)}")
@@ -88,16 +94,45 @@ def refresh_in_progress(instance: dg.DagsterInstance, namespace: str) -> bool:
     return any(r.dagster_run.job_name in (REFRESH_JOB_NAME, "__ASSET_JOB") for r in records)
 
 
-@dg.sensor(
-    name="catalog_updated_events",
-    job=refresh_job,
-    minimum_interval_seconds=10,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Reads catalog.updated events from the Redis Stream CATALOG_EVENT_STREAM_KEY through a consumer "
-    "group and requests one refresh per namespace once KRYTEN_EVENT_DEBOUNCE_S passed without a new event. "
-    "Entries are acknowledged by catalog_events_ack after the refresh succeeded. Skips when REDIS_URL is unset.",
-)
-def catalog_updated_events(
+def redis_configured(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether REDIS_URL is set (in the environment or ``.env``): the event sensors can work at all."""
+    if environ is None:
+        load_dotenv_file()
+        environ = os.environ
+    return bool(environ.get(SPEC_BY_FIELD["redis_url"].env, "").strip())
+
+
+_WITHOUT_REDIS = ("REDIS_URL was not set when the code location loaded, so this sensor starts STOPPED (it would "
+                  "only skip); set REDIS_URL and reload the code location, or start it here once it is set.")
+
+
+def build_catalog_event_sensors(redis_url_set: bool) -> list[dg.SensorDefinition]:
+    """The two sensors of the catalog.updated stream: RUNNING by default only when REDIS_URL is set."""
+    status = dg.DefaultSensorStatus.RUNNING if redis_url_set else dg.DefaultSensorStatus.STOPPED
+    note = "" if redis_url_set else " " + _WITHOUT_REDIS
+    events = dg.sensor(
+        name="catalog_updated_events",
+        job=refresh_job,
+        minimum_interval_seconds=10,
+        default_status=status,
+        description="Reads catalog.updated events from the Redis Stream CATALOG_EVENT_STREAM_KEY (on REDIS_URL) "
+        "through a consumer group and requests one refresh per namespace once KRYTEN_EVENT_DEBOUNCE_S passed "
+        "without a new event. Entries are acknowledged by catalog_events_ack after the refresh succeeded." + note,
+    )(_catalog_updated_events)
+    ack = dg.run_status_sensor(
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        name="catalog_events_ack",
+        monitored_jobs=[refresh_job],
+        minimum_interval_seconds=10,
+        default_status=status,
+        description="After a refresh requested by catalog_updated_events succeeded, acknowledges (XACK) the events "
+        "of its namespace it covered. Failed runs acknowledge nothing: their entries are reclaimed and retried."
+        + note,
+    )(_catalog_events_ack)
+    return [events, ack]
+
+
+def _catalog_updated_events(
     context: dg.SensorEvaluationContext, pipeline: PipelineResource, catalog_events: CatalogEventsResource
 ) -> dg.SensorResult | dg.SkipReason:
     try:
@@ -146,16 +181,7 @@ def catalog_updated_events(
     return dg.SensorResult(run_requests=run_requests, cursor=state.to_cursor(), skip_reason=skip)
 
 
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    name="catalog_events_ack",
-    monitored_jobs=[refresh_job],
-    minimum_interval_seconds=10,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="After a refresh requested by catalog_updated_events succeeded, acknowledges (XACK) the events of "
-    "its namespace it covered. Failed runs acknowledge nothing: their entries are reclaimed and retried.",
-)
-def catalog_events_ack(
+def _catalog_events_ack(
     context: dg.RunStatusSensorContext, pipeline: PipelineResource, catalog_events: CatalogEventsResource
 ) -> dg.SkipReason:
     run = context.dagster_run
@@ -178,3 +204,7 @@ def catalog_events_ack(
                f"up to {last_id}")
     context.log.info(message)
     return dg.SkipReason(message)
+
+
+# The sensors as the environment of this process configures them (tests call them directly).
+catalog_updated_events, catalog_events_ack = build_catalog_event_sensors(redis_configured())
