@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages the tests start for real (PostgreSQL for the mediacms-db source, Redis for the event sensor).
 SYSTEM_PACKAGES := postgresql redis-server openssl
 
-.PHONY: setup run status ui test test-fast lint system-deps protos sample bench clean
+.PHONY: setup run status ui screenshots test test-fast lint system-deps protos sample bench clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ status: setup
 # The Dagster UI on http://127.0.0.1:3000 (DAGSTER_HOME = this directory).
 ui: setup
 	DAGSTER_HOME=$(CURDIR) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# The README's UI pictures (docs/ui/*.png), from a demo instance, in Debian's headless Chromium.
+screenshots: setup
+	command -v chromium >/dev/null || apt-get install -y -q chromium
+	$(BIN)/python scripts/ui_screenshots.py --out docs/ui
 
 test: setup system-deps
 	$(BIN)/ruff check kryten_pipeline kryten_pipeline_tests bench scripts
