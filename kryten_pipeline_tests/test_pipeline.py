@@ -90,6 +90,9 @@ def test_ac003_source_failure_leaves_current_and_sqlite_unchanged(env: PipelineE
     result = env.refresh(fake_items="60", fake_fail_after="30")
     assert not result.success
     assert any("stopped after 30" in d and "KRYTEN_FAKE_FAIL_AFTER" in d for d in failure_descriptions(result))
+    # One line, one stack trace: the core error the message explains is not chained behind it.
+    failure = next(e.step_failure_data for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.error.cause is None and failure.error.context is None
     assert live.read_bytes() == before_bytes
     after = env.current()
     assert after.revision == before_current.revision and after.value == before_current.value
@@ -192,10 +195,23 @@ def test_removal_guard_blocks_a_shrinking_catalog_unless_the_run_allows_it(env: 
     assert env.current().revision == before.revision and len(live_ids(env)) == 100
     assert not [p for p in (env.data_dir / "default").iterdir() if ".tmp." in p.name]
 
+    # The launchpad's way: the config of sqlite_snapshot (a checkbox-like bool, no tag to type by hand).
     job = env.definitions().resolve_job_def("refresh_catalog")
+    by_config = job.execute_in_process(
+        instance=env.instance, partition_key="default", raise_on_error=False,
+        run_config={**QUIET, "ops": {"sqlite_snapshot": {"config": {"allow_removals": True}}}})
+    assert by_config.success and len(live_ids(env)) == 70
+    guard = next(e.event_specific_data for e in by_config.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+                 and e.event_specific_data.check_name == "removal_guard")
+    assert guard.passed and "allowed by this run (config allow_removals)" in guard.description
+    assert env.refresh(fake_items="100").success  # back to 100 for the tag's turn
+
     allowed = job.execute_in_process(instance=env.instance, partition_key="default", raise_on_error=False,
                                      tags={"kryten/allow-removals": "true"}, run_config=QUIET)
     assert allowed.success and len(live_ids(env)) == 70
+    guard = next(e.event_specific_data for e in allowed.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+                 and e.event_specific_data.check_name == "removal_guard")
+    assert guard.passed and "allowed by this run (tag kryten/allow-removals)" in guard.description
     value = env.current().value
     assert value["diff"] == {"added": 0, "removed": 30, "retitled": 0, "recategorised": 0, "retimed": 0}
     assert "−30 items" in value["notes"]
