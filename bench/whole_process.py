@@ -1,0 +1,235 @@
+"""Benchmark: ``kryten-pipeline refresh`` as a user runs it — whole processes, exec to exit — against the
+sequential floor (issue 17).
+
+Each measurement is a fresh process; its wall time runs from ``exec`` to exit and its peak RSS is the kernel's
+``ru_maxrss`` of that process and the children it waited for (``os.wait4``, the figure ``/usr/bin/time -v``
+prints). Cases:
+
+- **sample**: ``kryten-pipeline refresh`` on the embedded defaults (shipped sample, embedded nats-server), as
+  ``make run`` does; also ``python -c "import kryten_pipeline.definitions"`` alone. The fixed cost is the whole
+  process minus the run's own wall time (the ``wall_time_s`` its ``--json`` reports).
+- **fake MediaCMS** with N items, anonymous (public listing), at 0 ms and at ``--latency`` per page (a real
+  MediaCMS answers in 20–500 ms): the pipeline (``KRYTEN_SOURCE=mediacms``, a real nats-server), and the
+  **sequential floor** — what a data engineer would write by hand: one ``httpx.Client`` requesting the same
+  listing and category pages one after another (replayed from the server's log of the pipeline's run), one
+  ``executemany`` into ``catalog_item``, an FTS5 build.
+
+An untimed pipeline run goes first for each case (the previous snapshot a scheduled refresh meets, warm caches).
+Then ``--rounds`` rounds run pipeline and floor in turn — interleaved, so a shared machine's noise hits both —
+and the fastest of each counts. Printed: wall, peak RSS, ratios. Nothing here asserts a figure.
+
+    .venv/bin/python bench/whole_process.py                        # sample, 10k and 100k, 0 and 30 ms
+    .venv/bin/python bench/whole_process.py --sizes 300 --rounds 1 # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BIN = Path(sys.executable).parent
+SCRUBBED = ("KRYTEN_", "NATS_", "MEDIACMS_", "DAGSTER_", "REDIS_")
+
+
+def measure(argv: list[str], *, env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """Run ``argv`` to completion; wall time (exec → exit), peak RSS (MB) and its stdout."""
+    with tempfile.TemporaryFile() as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read().decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:3])} … exited {proc.returncode}:\n{text[-3000:]}")
+    return {"wall_s": round(wall, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "stdout": text}
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED)}
+    env.update(values)
+    env.setdefault("PYTHONHASHSEED", "0")
+    return env
+
+
+class Best:
+    def __init__(self) -> None:
+        self.runs: list[dict[str, Any]] = []
+
+    def add(self, run: dict[str, Any]) -> None:
+        self.runs.append(run)
+
+    @property
+    def best(self) -> dict[str, Any]:
+        return min(self.runs, key=lambda r: r["wall_s"])
+
+    def summary(self) -> dict[str, Any]:
+        best = self.best
+        return {**{k: v for k, v in best.items() if k != "stdout"},
+                "runs_wall_s": [r["wall_s"] for r in self.runs],
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in self.runs)}
+
+
+def refresh_run(env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    run = measure([str(BIN / "kryten-pipeline"), "refresh", "--json", "--quiet"], env=env, cwd=cwd)
+    summary = json.loads(run["stdout"])
+    if not summary.get("success"):
+        raise SystemExit(f"the refresh failed: {summary.get('error')}")
+    run["in_run_s"] = summary["wall_time_s"]
+    run["fixed_s"] = round(run["wall_s"] - summary["wall_time_s"], 3)
+    run["items"] = summary["counts"]["valid"]
+    run["steps_s"] = {name: step.get("seconds") for name, step in summary["steps"].items()}
+    return run
+
+
+# ------------------------------------------------------------------------------------------------ sample
+
+
+def bench_sample(rounds: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="kryten-bench-sample-") as tmp:
+        cwd = Path(tmp)
+        env = clean_env(KRYTEN_DATA_DIR=str(cwd / "data"))
+        refresh_run(env, cwd)  # untimed: the embedded NATS store, the previous snapshot
+        refresh, imports = Best(), Best()
+        for _ in range(rounds):
+            refresh.add(refresh_run(env, cwd))
+            imports.add(measure([sys.executable, "-c", "import kryten_pipeline.definitions"], env=env, cwd=cwd))
+    return {"refresh": refresh.summary(), "import_definitions": imports.summary()}
+
+
+# ---------------------------------------------------------------------------------------------- MediaCMS
+
+
+def floor_main(url: str, urls_file: str, db_path: str) -> None:
+    """The sequential floor, in its own process: the same pages one after another, one executemany, FTS5."""
+    import httpx
+
+    paths = [line for line in Path(urls_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    items: dict[str, tuple[Any, ...]] = {}
+    categories: dict[str, list[str]] = {}
+    with httpx.Client(headers={"Accept": "application/json"}, timeout=60) as client:
+        for path in paths:
+            body = client.get(url + path).json()
+            if not isinstance(body, dict) or "results" not in body:
+                continue
+            category = _query_value(path, "category")
+            for media in body["results"]:
+                token = media.get("friendly_token")
+                if not token:
+                    continue
+                if category is not None:
+                    categories.setdefault(token, []).append(category)
+                else:
+                    items[token] = (token, media.get("title") or "", media.get("duration"),
+                                    media.get("thumbnail_url"))
+    conn = sqlite3.connect(db_path)
+    conn.execute("CREATE TABLE catalog_item(video_id TEXT PRIMARY KEY, title TEXT NOT NULL, categories_json TEXT "
+                 "NOT NULL, duration_seconds INTEGER, thumbnail_url TEXT)")
+    with conn:
+        conn.executemany("INSERT INTO catalog_item VALUES (?, ?, ?, ?, ?)",
+                         ((t, title, json.dumps(categories.get(t, []), ensure_ascii=False), d, th)
+                          for t, title, d, th in items.values()))
+        conn.execute("CREATE VIRTUAL TABLE catalog_fts USING fts5(video_id UNINDEXED, title, categories)")
+        conn.execute("INSERT INTO catalog_fts(rowid, video_id, title, categories) SELECT rowid, video_id, title, "
+                     "categories_json FROM catalog_item")
+    conn.close()
+    print(json.dumps({"items": len(items)}))
+
+
+def _query_value(path: str, name: str) -> str | None:
+    from urllib.parse import parse_qs, urlsplit
+
+    values = parse_qs(urlsplit(path).query).get(name)
+    return values[0] if values else None
+
+
+def bench_mediacms(n_items: int, latency: float, rounds: int, nats_url: str) -> dict[str, Any]:
+    from urllib.parse import quote
+
+    from kryten_pipeline_tests.fake_mediacms import FakeMediaCMS, generate_catalog
+
+    catalog = generate_catalog(n_items, 20, seed=42)
+    # Anonymous listing of a server without the 1,000-row cap of MediaCMS 7.2+ (with it, anonymous access to a
+    # larger catalog is refused as truncated, rightly).
+    with FakeMediaCMS(catalog, capped=False, public_base="http://mediacms.internal:8000", latency=latency) as server, \
+            tempfile.TemporaryDirectory(prefix="kryten-bench-mc-") as tmp:
+        server.warm()
+        cwd = Path(tmp)
+        env = clean_env(KRYTEN_SOURCE="mediacms", MEDIACMS_URL=server.url, NATS_URL=nats_url,
+                        KRYTEN_DATA_DIR=str(cwd / "data"), KRYTEN_KV_BUCKET=f"bench_{n_items}_{int(latency * 1000)}",
+                        KRYTEN_OBJECT_BUCKET=f"bench_files_{n_items}_{int(latency * 1000)}")
+        server.reset_counts()
+        warm = refresh_run(env, cwd)  # untimed
+        gets = [r for r in server.log if r.method == "GET" and r.path.startswith("/api/")]
+        urls = [r.path + ("?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in r.query.items()) if r.query else "")
+                for r in gets]
+        urls_file = cwd / "urls.txt"
+        urls_file.write_text("\n".join(urls) + "\n", encoding="utf-8")
+        pipeline, floor = Best(), Best()
+        for _ in range(rounds):
+            pipeline.add(refresh_run(env, cwd))
+            db = cwd / "floor.sqlite3"
+            db.unlink(missing_ok=True)
+            floor.add(measure([sys.executable, str(Path(__file__).resolve()), "_floor", server.url, str(urls_file),
+                               str(db)], env=clean_env(), cwd=cwd))
+    p, f = pipeline.summary(), floor.summary()
+    return {"items": n_items, "latency_ms": round(latency * 1000), "requests": len(urls), "warmup_wall_s":
+            warm["wall_s"], "pipeline": p, "floor": f, "ratio": round(p["wall_s"] / f["wall_s"], 2)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_floor"]:
+        floor_main(*argv[1:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
+    parser.add_argument("--latency", type=float, default=0.03, help="seconds per page of the slow profile")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-sample", dest="sample", action="store_false")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    results: dict[str, Any] = {}
+    if args.sample:
+        sample = results["sample"] = bench_sample(args.rounds)
+        r, i = sample["refresh"], sample["import_definitions"]
+        print(f"sample refresh (make run): {r['wall_s']:.2f} s wall (runs {r['runs_wall_s']}), of which the run "
+              f"{r['in_run_s']:.2f} s and fixed cost {r['fixed_s']:.2f} s; peak RSS {r['peak_rss_mb']:.0f} MB; "
+              f"steps {r['steps_s']}")
+        print(f"import kryten_pipeline.definitions alone: {i['wall_s']:.2f} s, {i['peak_rss_mb']:.0f} MB")
+    if args.sizes:
+        from kryten_pipeline.embedded_nats import start_nats_server
+
+        with tempfile.TemporaryDirectory(prefix="kryten-bench-nats-") as nats_dir:
+            nats = start_nats_server(Path(nats_dir))
+            try:
+                print(f"{'fake MediaCMS, anonymous':<30}{'pipeline s':>11}{'MB':>7}{'floor s':>9}{'MB':>7}"
+                      f"{'ratio':>7}{'fixed s':>9}{'requests':>10}")
+                for size in args.sizes:
+                    for latency in (0.0, args.latency):
+                        case = bench_mediacms(size, latency, args.rounds, nats.url)
+                        results.setdefault("mediacms", []).append(case)
+                        p, f = case["pipeline"], case["floor"]
+                        label = f"{size:,} items, {case['latency_ms']} ms/page"
+                        print(f"{label:<30}{p['wall_s']:>11.2f}"
+                              f"{p['peak_rss_mb']:>7.0f}{f['wall_s']:>9.2f}{f['peak_rss_mb']:>7.0f}"
+                              f"{case['ratio']:>7.2f}{p['fixed_s']:>9.2f}{case['requests']:>10}", flush=True)
+            finally:
+                nats.stop()
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
