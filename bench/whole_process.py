@@ -96,16 +96,34 @@ def refresh_run(env: dict[str, str], cwd: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ sample
 
 
-def bench_sample(rounds: int) -> dict[str, Any]:
+def bench_sample(rounds: int, before: Path | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="kryten-bench-sample-") as tmp:
         cwd = Path(tmp)
         env = clean_env(KRYTEN_DATA_DIR=str(cwd / "data"))
-        refresh_run(env, cwd)  # untimed: the embedded NATS store, the previous snapshot
-        refresh, imports = Best(), Best()
+        old_env = before_env(env, before, cwd / "data-before")
+        for e in (env, old_env):
+            if e is not None:
+                refresh_run(e, cwd)  # untimed: the embedded NATS store, the previous snapshot
+        refresh, imports, old_refresh, old_imports = Best(), Best(), Best(), Best()
         for _ in range(rounds):
             refresh.add(refresh_run(env, cwd))
             imports.add(measure([sys.executable, "-c", "import kryten_pipeline.definitions"], env=env, cwd=cwd))
-    return {"refresh": refresh.summary(), "import_definitions": imports.summary()}
+            if old_env is not None:
+                old_refresh.add(refresh_run(old_env, cwd))
+                old_imports.add(measure([sys.executable, "-c", "import kryten_pipeline.definitions"], env=old_env,
+                                        cwd=cwd))
+    result = {"refresh": refresh.summary(), "import_definitions": imports.summary()}
+    if old_env is not None:
+        result["before"] = {"refresh": old_refresh.summary(), "import_definitions": old_imports.summary()}
+    return result
+
+
+def before_env(env: dict[str, str], before: Path | None, data_dir: Path) -> dict[str, str] | None:
+    """The same environment running the code of ``before`` (a checkout of an earlier commit): PYTHONPATH wins
+    over this checkout's editable install, so ``kryten-pipeline`` imports that code."""
+    if before is None:
+        return None
+    return {**env, "PYTHONPATH": str(before.resolve()), "KRYTEN_DATA_DIR": str(data_dir)}
 
 
 # ---------------------------------------------------------------------------------------------- MediaCMS
@@ -154,7 +172,7 @@ def _query_value(path: str, name: str) -> str | None:
     return values[0] if values else None
 
 
-def bench_mediacms(n_items: int, latency: float, rounds: int, nats_url: str) -> dict[str, Any]:
+def bench_mediacms(n_items: int, latency: float, rounds: int, nats_url: str, before: Path | None) -> dict[str, Any]:
     from urllib.parse import quote
 
     from kryten_pipeline_tests.fake_mediacms import FakeMediaCMS, generate_catalog
@@ -169,6 +187,11 @@ def bench_mediacms(n_items: int, latency: float, rounds: int, nats_url: str) -> 
         env = clean_env(KRYTEN_SOURCE="mediacms", MEDIACMS_URL=server.url, NATS_URL=nats_url,
                         KRYTEN_DATA_DIR=str(cwd / "data"), KRYTEN_KV_BUCKET=f"bench_{n_items}_{int(latency * 1000)}",
                         KRYTEN_OBJECT_BUCKET=f"bench_files_{n_items}_{int(latency * 1000)}")
+        old_env = before_env(env, before, cwd / "data-before")
+        if old_env is not None:
+            old_env["KRYTEN_KV_BUCKET"] += "_before"
+            old_env["KRYTEN_OBJECT_BUCKET"] += "_before"
+            refresh_run(old_env, cwd)  # untimed
         server.reset_counts()
         warm = refresh_run(env, cwd)  # untimed
         gets = [r for r in server.log if r.method == "GET" and r.path.startswith("/api/")]
@@ -176,16 +199,22 @@ def bench_mediacms(n_items: int, latency: float, rounds: int, nats_url: str) -> 
                 for r in gets]
         urls_file = cwd / "urls.txt"
         urls_file.write_text("\n".join(urls) + "\n", encoding="utf-8")
-        pipeline, floor = Best(), Best()
+        pipeline, floor, old = Best(), Best(), Best()
         for _ in range(rounds):
             pipeline.add(refresh_run(env, cwd))
+            if old_env is not None:
+                old.add(refresh_run(old_env, cwd))
             db = cwd / "floor.sqlite3"
             db.unlink(missing_ok=True)
             floor.add(measure([sys.executable, str(Path(__file__).resolve()), "_floor", server.url, str(urls_file),
                                str(db)], env=clean_env(), cwd=cwd))
     p, f = pipeline.summary(), floor.summary()
-    return {"items": n_items, "latency_ms": round(latency * 1000), "requests": len(urls), "warmup_wall_s":
-            warm["wall_s"], "pipeline": p, "floor": f, "ratio": round(p["wall_s"] / f["wall_s"], 2)}
+    result = {"items": n_items, "latency_ms": round(latency * 1000), "requests": len(urls), "warmup_wall_s":
+              warm["wall_s"], "pipeline": p, "floor": f, "ratio": round(p["wall_s"] / f["wall_s"], 2)}
+    if old_env is not None:
+        b = result["before"] = old.summary()
+        result["ratio_before"] = round(b["wall_s"] / f["wall_s"], 2)
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,16 +227,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.03, help="seconds per page of the slow profile")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-sample", dest="sample", action="store_false")
+    parser.add_argument("--before", type=Path, help="a checkout of an earlier commit (git worktree add DIR REV): "
+                        "its refresh runs interleaved with this one's, and both are printed")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {}
     if args.sample:
-        sample = results["sample"] = bench_sample(args.rounds)
-        r, i = sample["refresh"], sample["import_definitions"]
-        print(f"sample refresh (make run): {r['wall_s']:.2f} s wall (runs {r['runs_wall_s']}), of which the run "
-              f"{r['in_run_s']:.2f} s and fixed cost {r['fixed_s']:.2f} s; peak RSS {r['peak_rss_mb']:.0f} MB; "
-              f"steps {r['steps_s']}")
-        print(f"import kryten_pipeline.definitions alone: {i['wall_s']:.2f} s, {i['peak_rss_mb']:.0f} MB")
+        sample = results["sample"] = bench_sample(args.rounds, args.before)
+        for label, part in (("now", sample), ("before", sample.get("before"))):
+            if part is None:
+                continue
+            r, i = part["refresh"], part["import_definitions"]
+            print(f"[{label}] sample refresh (make run): {r['wall_s']:.2f} s wall (runs {r['runs_wall_s']}), of "
+                  f"which the run {r['in_run_s']:.2f} s and fixed cost {r['fixed_s']:.2f} s; peak RSS "
+                  f"{r['peak_rss_mb']:.0f} MB; steps {r['steps_s']}")
+            print(f"[{label}] import kryten_pipeline.definitions alone: {i['wall_s']:.2f} s, "
+                  f"{i['peak_rss_mb']:.0f} MB")
     if args.sizes:
         from kryten_pipeline.embedded_nats import start_nats_server
 
@@ -218,13 +253,17 @@ def main(argv: list[str] | None = None) -> None:
                       f"{'ratio':>7}{'fixed s':>9}{'requests':>10}")
                 for size in args.sizes:
                     for latency in (0.0, args.latency):
-                        case = bench_mediacms(size, latency, args.rounds, nats.url)
+                        case = bench_mediacms(size, latency, args.rounds, nats.url, args.before)
                         results.setdefault("mediacms", []).append(case)
                         p, f = case["pipeline"], case["floor"]
                         label = f"{size:,} items, {case['latency_ms']} ms/page"
                         print(f"{label:<30}{p['wall_s']:>11.2f}"
                               f"{p['peak_rss_mb']:>7.0f}{f['wall_s']:>9.2f}{f['peak_rss_mb']:>7.0f}"
                               f"{case['ratio']:>7.2f}{p['fixed_s']:>9.2f}{case['requests']:>10}", flush=True)
+                        if "before" in case:
+                            b = case["before"]
+                            print(f"{'  before':<30}{b['wall_s']:>11.2f}{b['peak_rss_mb']:>7.0f}{'':>16}"
+                                  f"{case['ratio_before']:>7.2f}{b['fixed_s']:>9.2f}", flush=True)
             finally:
                 nats.stop()
     if args.json:

@@ -27,15 +27,15 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import redis
-import redis.exceptions
 
 from kryten_pipeline.errors import ConfigurationError, EventStreamError, KrytenError
 from kryten_pipeline.namespaces import validate_namespace
 from kryten_pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    import redis
 
 __all__ = [
     "ENTITIES",
@@ -60,8 +60,14 @@ _ENVELOPE_FIELDS = ("event", "data", "message")
 _MAX_REASON_CHARS = 200
 _ACK_SCAN_PAGE = 200
 
-# Everything redis-py raises for an unreachable, refusing or misbehaving server.
-_REDIS_FAILURES: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
+def _redis_failures() -> tuple[type[BaseException], ...]:
+    """Everything redis-py raises for an unreachable, refusing or misbehaving server.
+
+    redis-py is imported only when a stream is used (≈0.1–0.2 s): most processes that load the code location,
+    the CLI's refresh among them, never touch Redis."""
+    import redis.exceptions
+
+    return (redis.exceptions.RedisError, OSError)
 
 
 class MalformedEventError(ValueError):
@@ -240,6 +246,8 @@ class CatalogEventStream:
         if not settings.redis_url:
             raise ConfigurationError("REDIS_URL is not set, so there is no catalog event stream to read",
                                      setting="REDIS_URL")
+        import redis
+
         shown = redact_redis_url(settings.redis_url)
         try:
             client = redis.Redis.from_url(
@@ -271,13 +279,15 @@ class CatalogEventStream:
         A new group starts at the end of the stream (``$``): a refresh reads the whole catalog anyway,
         so history before the pipeline subscribed needs no replay.
         """
+        import redis.exceptions
+
         try:
             self.client.xgroup_create(self.stream, self.group, id="$", mkstream=True)
         except redis.exceptions.ResponseError as exc:
             if "BUSYGROUP" in str(exc):
                 return False
             raise self._error("creating consumer group", exc) from None
-        except _REDIS_FAILURES as exc:
+        except _redis_failures() as exc:
             raise self._error("creating consumer group", exc) from None
         logger.info("created consumer group %s on %s", self.group, self.label)
         return True
@@ -310,7 +320,7 @@ class CatalogEventStream:
                 if len(answer) > 2 and answer[2]:
                     logger.info("%d pending entries were deleted from %s", len(answer[2]), self.label)
             result.reclaimed = len(reclaimed)
-        except _REDIS_FAILURES as exc:
+        except _redis_failures() as exc:
             raise self._error("reading", exc) from None
         for entry_id, fields in (*recovered, *new, *reclaimed):
             entry_id = _text(entry_id) or ""
@@ -341,7 +351,7 @@ class CatalogEventStream:
             return 0
         try:
             return int(self.client.xack(self.stream, self.group, *ids))
-        except _REDIS_FAILURES as exc:
+        except _redis_failures() as exc:
             raise self._error("acknowledging", exc) from None
 
     def ack_namespace_through(self, namespace: str, last_id: str, *, max_scan: int = 10_000) -> list[str]:
@@ -385,7 +395,7 @@ class CatalogEventStream:
                 if len(ids) < _ACK_SCAN_PAGE:
                     break
                 start = "(" + ids[-1]
-        except _REDIS_FAILURES as exc:
+        except _redis_failures() as exc:
             raise self._error("acknowledging", exc) from None
         return acked
 
@@ -395,7 +405,7 @@ class CatalogEventStream:
         """Redis's clock: compared with entry ids (also Redis's clock), so host clock skew cannot matter."""
         try:
             seconds, micros = self.client.time()
-        except _REDIS_FAILURES as exc:
+        except _redis_failures() as exc:
             raise self._error("reading the server time", exc) from None
         return int(seconds) * 1000 + int(micros) // 1000
 
@@ -404,7 +414,7 @@ class CatalogEventStream:
         try:
             rows = self.client.xpending_range(self.stream, self.group, min="-", max="+", count=count,
                                               consumername=consumer)
-        except _REDIS_FAILURES as exc:
+        except _redis_failures() as exc:
             raise self._error("listing pending entries", exc) from None
         return [
             {"entry_id": _text(r["message_id"]), "consumer": _text(r["consumer"]),
@@ -413,6 +423,8 @@ class CatalogEventStream:
         ]
 
     def _error(self, doing: str, exc: BaseException) -> EventStreamError:
+        import redis.exceptions
+
         text = str(exc).strip() or type(exc).__name__
         if isinstance(exc, redis.exceptions.AuthenticationError):
             text = "authentication failed (check the password in REDIS_URL)"

@@ -224,18 +224,17 @@ def test_intermediates_are_stored_as_files_and_handed_over_in_memory_within_a_ru
 ) -> None:
     """raw_catalog and validated_items are pickled to the instance storage (Dagster's layout: retries from a
     failed step and single-asset materialisations read them), but the run's next step gets the object itself."""
-    from dagster._core.storage.fs_io_manager import PickledObjectFilesystemIOManager
-
     from kryten_pipeline.dagster_defs.assets import kv_published, raw_catalog, sqlite_snapshot, validated_items
+    from kryten_pipeline.dagster_defs.io_manager import CatalogIOManager
 
     disk_reads: list[str] = []
-    original = PickledObjectFilesystemIOManager.load_from_path
+    original = CatalogIOManager.read_file
 
-    def counting_load(self: object, context: object, path: object) -> object:
+    def counting_read(self: CatalogIOManager, path: Path) -> object:
         disk_reads.append(str(path))
-        return original(self, context, path)  # type: ignore[arg-type]
+        return original(self, path)
 
-    monkeypatch.setattr(PickledObjectFilesystemIOManager, "load_from_path", counting_load)
+    monkeypatch.setattr(CatalogIOManager, "read_file", counting_read)
     result = env.refresh()
     assert result.success
     assert disk_reads == []  # raw_catalog → validated_items → sqlite_snapshot: no pickle read back
@@ -247,6 +246,11 @@ def test_intermediates_are_stored_as_files_and_handed_over_in_memory_within_a_ru
         for event in result.get_asset_materialization_events()
     }
     assert paths["validated_items"] is not None  # the file is shown in the UI as before
+    assert Path(paths["validated_items"].value) == (storage / "validated_items" / "default").absolute()
+    # No per-file debug chatter in the event log (each event is a write of the instance's storage).
+    debug = [r.user_message for r in env.instance.all_logs(result.run_id) if r.dagster_event is None
+             and (r.user_message or "").startswith(("Writing file", "Loading"))]
+    assert debug == []
 
     # A later run that materialises sqlite_snapshot alone reads validated_items from that file.
     definitions = env.definitions()
