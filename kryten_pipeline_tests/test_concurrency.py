@@ -232,8 +232,14 @@ def test_the_dead_run_sensor_fails_runs_of_gone_processes(tmp_path: Path, monkey
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KRYTEN_DATA_DIR", str(data_dir))
     defs = build_definitions()
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
+    # Killed but not reaped yet (as a forked refresh is until its parent waits): a zombie executes nothing.
+    gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone.kill()
+    stat = Path(f"/proc/{gone.pid}/stat")
+    deadline = time.monotonic() + 10
+    while stat.read_text().rpartition(")")[2].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     instance = dg.DagsterInstance.ephemeral()
     job = defs.resolve_job_def("refresh_catalog")
     dead = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": "default"})
@@ -254,3 +260,4 @@ def test_the_dead_run_sensor_fails_runs_of_gone_processes(tmp_path: Path, monkey
         assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
         assert not record.exists() and read_owner(data_dir, alive.run_id) is not None
     assert read_owner(data_dir, alive.run_id) is None  # removed when its block ends
+    gone.wait()

@@ -54,14 +54,17 @@ class RunOwner:
 
 
 def _start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), telling a recycled pid apart; None if gone."""
+    """The kernel's start time of ``pid`` (clock ticks since boot), telling a recycled pid apart; None if gone.
+
+    A zombie (killed, not yet reaped by its parent) is gone too: it executes nothing any more."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
         return None
     except OSError:
         return ""  # no /proc: only the pid can be checked
-    return stat.rpartition(")")[2].split()[19]
+    fields = stat.rpartition(")")[2].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _owner_path(data_dir: Path, run_id: str) -> Path:
