@@ -209,8 +209,10 @@ def test_a_refresh_that_waited_repairs_the_killed_holders_run(tmp_path: Path, na
     waiter = CliRun(tmp_path, {**env, "KRYTEN_FAKE_ITEMS": "310"})
     waiter.wait_for("waiting for another refresh of namespace 'default' to finish")
     holder.proc.kill()
-    holder.proc.wait(timeout=30)
+    # Not reaped until the waiter is done: the killed holder stays a zombie meanwhile (as a refresh whose parent
+    # has not waited for it yet), which must count as gone.
     summary = waiter.finish()
+    holder.proc.wait(timeout=30)
     assert unfinished_runs(tmp_path / "data") == []
     recovery = summary["steps"]["raw_catalog"]["metadata"]["recovery"]
     assert "moved current forward" in recovery, recovery  # the killed holder's swapped file, rolled forward
