@@ -414,8 +414,6 @@ def cmd_refresh_all(args: argparse.Namespace) -> int:
         os.environ[SPEC_BY_FIELD["source"].env] = args.source
     settings = Settings.from_env()
     instance = _open_project_instance(settings)
-    from dagster._core.utils import make_new_run_id
-
     from kryten_pipeline.dagster_defs.backfills import (
         BATCH_TAG,
         backfill_daemon_running,
@@ -423,10 +421,11 @@ def cmd_refresh_all(args: argparse.Namespace) -> int:
         submit_refresh_backfill,
     )
     from kryten_pipeline.dagster_defs.partitions import register_namespaces, registered_namespaces
+    from kryten_pipeline.dagster_defs.refresh_runs import new_run_id
 
     register_namespaces(instance, settings.namespaces)
     namespaces = registered_namespaces(instance)
-    batch = make_new_run_id()[:8]
+    batch = new_run_id()[:8]
     tags = {"kryten/trigger": "cli", BATCH_TAG: batch}
     if getattr(args, "allow_removals", False):
         tags["kryten/allow-removals"] = "true"

@@ -99,9 +99,9 @@ class RefreshLauncher:
 
     def submit(self, namespace: str, *, tags: dict[str, str]) -> tuple[str, Future[dict[str, Any]]]:
         """Start a refresh of ``namespace``; returns its run id at once and a future of its summary."""
-        from dagster._core.utils import make_new_run_id
+        from kryten_pipeline.dagster_defs.refresh_runs import new_run_id
 
-        run_id = make_new_run_id()
+        run_id = new_run_id()
         future = self._waiters.submit(self._run, namespace, dict(tags), run_id)
         with self._lock:
             self._submitted[run_id] = (namespace, future)

@@ -9,18 +9,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster._core.utils import make_new_run_id
 
 from kryten_pipeline.dagster_defs.partitions import register_namespaces, registered_namespaces
 from kryten_pipeline.dagster_defs.run_liveness import fail_runs_of_dead_processes, run_owner_record
 from kryten_pipeline.errors import ConfigurationError
 from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.settings import Settings
+
+
+def new_run_id() -> str:
+    """A run id as Dagster makes them (a random UUID), chosen before the run starts so progress can follow it."""
+    return str(uuid.uuid4())
+
 
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
@@ -57,7 +63,7 @@ def execute_refresh(
     job = definitions.resolve_job_def(REFRESH_JOB_NAME)
     data_dir = pipeline_data_dir(definitions)
     fail_runs_of_dead_processes(instance, data_dir, namespace)  # a killed earlier refresh must not look running
-    run_id = run_id or make_new_run_id()
+    run_id = run_id or new_run_id()
     reporter = RunProgress(instance, run_id, progress)
     started = time.perf_counter()
     reporter.start()
