@@ -24,9 +24,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from kryten_pipeline.errors import SnapshotBuildError, StaleSnapshotError
 from kryten_pipeline.fault_points import fault_point
@@ -34,6 +32,9 @@ from kryten_pipeline.namespaces import validate_namespace
 from kryten_pipeline.snapshot_diff import SnapshotDiff, diff_attached
 from kryten_pipeline.snapshot_id import is_snapshot_id
 from kryten_pipeline.titles import readable_title
+
+if TYPE_CHECKING:
+    import pandas as pd  # only to name the frame type: `status`, `search` and `follow` never load pandas
 
 SCHEMA_VERSION = 1
 LIVE_DB_NAME = "catalog.sqlite3"
