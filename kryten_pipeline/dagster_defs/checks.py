@@ -3,7 +3,7 @@ also run alone on a schedule to catch drift."""
 
 
 import asyncio
-from typing import Any
+from typing import Any, NoReturn
 
 import dagster as dg
 
@@ -18,15 +18,11 @@ from kryten_pipeline.settings import Settings
 
 
 async def read_consistency(settings: Settings, namespace: str) -> ConsistencyReport:
-    async with snapshot_store(settings) as store:
-        entry = await store.read_current(namespace)
-    value = entry.value if entry else None
-    revision = entry.revision if entry else None
-    return compare_current_with_sqlite(namespace, settings.data_dir, value, revision)
+    return (await read_consistency_of(settings, [namespace]))[0]
 
 
 async def read_consistency_of(settings: Settings, namespaces: list[str]) -> list[ConsistencyReport]:
-    """One NATS connection for several namespaces (the unpartitioned evaluation)."""
+    """KV current against the live file, for each namespace, over one NATS connection."""
     reports = []
     async with snapshot_store(settings) as store:
         for namespace in namespaces:
@@ -73,7 +69,7 @@ def kv_current_matches_sqlite(
     )
 
 
-def _all_namespaces(context: dg.AssetCheckExecutionContext, settings: Settings) -> dg.AssetCheckResult:
+def _all_namespaces(context: dg.AssetCheckExecutionContext, settings: Settings) -> NoReturn:
     """The check launched without a namespace partition (an unpartitioned launch of its job or of the check).
 
     Dagster 1.13 cannot record an unpartitioned result of a partitioned check once its asset has partitioned
@@ -94,8 +90,8 @@ def _all_namespaces(context: dg.AssetCheckExecutionContext, settings: Settings) 
              r.sqlite_item_count) for r in reports]
     raise dg.Failure(
         description=f"kv_current_matches_sqlite is recorded per namespace, so it needs a namespace partition: launch "
-        f"job {DRIFT_JOB_NAME} with one (or a backfill over every namespace; the {DRIFT_SCHEDULE_HINT} "
-        f"does that on KRYTEN_DRIFT_CHECK_CRON). Checked now without recording: {findings}",
+        f"job {DRIFT_JOB_NAME} with one (or a backfill over every namespace; the schedule "
+        f"drift_check_all_namespaces does that on KRYTEN_DRIFT_CHECK_CRON). Checked now without recording: {findings}",
         metadata={"namespaces": len(reports), "drifted": len(drifted), "by_namespace": dg.MetadataValue.md(
             markdown_table(["namespace", "result", "sqlite snapshot", "items"], rows))},
         allow_retries=False,
@@ -103,4 +99,3 @@ def _all_namespaces(context: dg.AssetCheckExecutionContext, settings: Settings) 
 
 
 DRIFT_JOB_NAME = "check_kv_current_matches_sqlite"
-DRIFT_SCHEDULE_HINT = "schedule drift_check_all_namespaces"
