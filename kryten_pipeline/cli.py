@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kryten_pipeline.errors import ConfigurationError, KrytenError, NatsUnavailableError
+from kryten_pipeline.gc_tuning import freeze_survivors
 from kryten_pipeline.namespaces import validate_namespace
 from kryten_pipeline.settings import SOURCES, SPEC_BY_FIELD, Settings, load_dotenv_file
 
@@ -27,11 +28,18 @@ EXIT_CANNOT_TELL = 3  # status: KV could not be read, so consistency is unknown
 STEPS = ("raw_catalog", "validated_items", "sqlite_snapshot", "kv_published")
 
 
+# Whether this process is the command itself (``main()`` reading sys.argv), not a caller of ``main([...])``
+# such as a test: only then may it freeze the garbage collector's view of what it loaded (gc_tuning).
+_OWN_PROCESS = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    global _OWN_PROCESS
     parser = _parser()
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")  # Dagster preview/beta notices are not for operators
     load_dotenv_file()
+    _OWN_PROCESS = argv is None
     try:
         return int(args.handler(args))
     except KrytenError as exc:
@@ -43,6 +51,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `kryten-pipeline diff | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    finally:
+        if _OWN_PROCESS:
+            # The process exits next: the interpreter's final collections would walk every object once more.
+            freeze_survivors()
+
+
+def _freeze_loaded() -> None:
+    """Once the command has loaded Dagster and the definitions, keep them out of the collections of its run."""
+    if _OWN_PROCESS:
+        import kryten_pipeline.definitions  # noqa: F401 - loaded now, so that it is frozen with the rest
+
+        freeze_survivors()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -192,6 +212,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     from kryten_pipeline.dagster_defs.refresh_runs import ensure_namespace_registered, execute_refresh
 
     ensure_namespace_registered(instance, settings, namespace)
+    _freeze_loaded()
     sink = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     tags = {"kryten/trigger": "cli"}
     if args.allow_removals:
@@ -441,6 +462,7 @@ def cmd_refresh_all(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"no Dagster daemon for this instance: refreshing {len(namespaces)} namespaces here, one after "
               f"another (batch {batch})", file=sys.stderr)
+    _freeze_loaded()
     sink = None if args.quiet else (lambda ns, line: print(f"[{ns}] {line}", file=sys.stderr, flush=True))
     summaries = refresh_in_sequence(instance, namespaces, tags=tags, progress=sink)
     failed = [s for s in summaries if not s["success"]]
