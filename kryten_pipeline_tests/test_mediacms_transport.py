@@ -1,4 +1,4 @@
-"""The connector's HTTP transport (asyncio streams under httpx): TLS, keep-alive, dropped connections, errors.
+"""The connector's HTTP transport (httpx's own): TLS, keep-alive, dropped connections, errors.
 
 Everything runs against the fake MediaCMS server on 127.0.0.1, over plain HTTP or HTTPS with a throw-away CA.
 """
@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kryten_pipeline.connectors.aio_transport import AsyncioTransport
 from kryten_pipeline.connectors.mediacms import MediaCMSConnector
 from kryten_pipeline.errors import ConfigurationError, SourceError
 from kryten_pipeline_tests.fake_mediacms import FakeMediaCMS, generate_catalog
@@ -81,7 +80,7 @@ def test_a_connection_the_server_dropped_while_idle_is_replaced_not_reused() -> 
     and open a new one instead of failing the next request."""
 
     async def two_requests(server: FakeMediaCMS) -> list[int]:
-        async with httpx.AsyncClient(transport=AsyncioTransport(limits=LIMITS),
+        async with httpx.AsyncClient(limits=LIMITS,
                                      headers={"Authorization": f"Token {EDITOR}"}) as client:
             first = await client.get(f"{server.url}/api/v1/categories")
             await asyncio.sleep(0.2)  # the server's FIN arrives while the connection is idle in the pool
@@ -103,7 +102,7 @@ def test_transport_errors_keep_httpx_types() -> None:
         free_port = probe.getsockname()[1]
 
     async def refused() -> None:
-        async with httpx.AsyncClient(transport=AsyncioTransport(limits=LIMITS)) as client:
+        async with httpx.AsyncClient(limits=LIMITS) as client:
             await client.get(f"http://127.0.0.1:{free_port}/")
 
     with pytest.raises(httpx.ConnectError):
@@ -113,7 +112,7 @@ def test_transport_errors_keep_httpx_types() -> None:
         server.inject("slow", path="/api/v1/categories", delay=1.0)
 
         async def slow() -> None:
-            async with httpx.AsyncClient(transport=AsyncioTransport(limits=LIMITS), timeout=0.2,
+            async with httpx.AsyncClient(limits=LIMITS, timeout=0.2,
                                          headers={"Authorization": f"Token {EDITOR}"}) as client:
                 await client.get(f"{server.url}/api/v1/categories")
 

@@ -46,7 +46,6 @@ import httpx
 
 from kryten_pipeline import jsonfast
 from kryten_pipeline.catalog_item import CatalogItem, SourceReject
-from kryten_pipeline.connectors.aio_transport import AsyncioTransport
 from kryten_pipeline.errors import ConfigurationError, SourceError
 from kryten_pipeline.settings import Settings
 
@@ -373,7 +372,7 @@ class MediaCMSConnector:
             async with httpx.AsyncClient(
                 timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
                 limits=limits, headers=headers, follow_redirects=False, cookies=_NoCookies(),
-                transport=self._transport or AsyncioTransport(limits=limits),
+                transport=self._transport,
             ) as client:
                 self._client = client
                 await self._authenticate()
