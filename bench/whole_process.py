@@ -8,6 +8,8 @@ prints). Cases:
 - **sample**: ``kryten-pipeline refresh`` on the embedded defaults (shipped sample, embedded nats-server), as
   ``make run`` does; also ``python -c "import kryten_pipeline.definitions"`` alone. The fixed cost is the whole
   process minus the run's own wall time (the ``wall_time_s`` its ``--json`` reports).
+- **Dagster floor**: a process that imports Dagster, opens a SQLite-backed instance like the project's and
+  materialises one empty asset in process — the least any refresh run through Dagster pays on this machine.
 - **fake MediaCMS** with N items, anonymous (public listing), at 0 ms and at ``--latency`` per page (a real
   MediaCMS answers in 20–500 ms): the pipeline (``KRYTEN_SOURCE=mediacms``, a real nats-server), and the
   **sequential floor** — what a data engineer would write by hand: one ``httpx.Client`` requesting the same
@@ -107,18 +109,41 @@ def bench_sample(rounds: int, before: Path | None) -> dict[str, Any]:
         for e in (env, old_env):
             if e is not None:
                 refresh_run(e, cwd)  # untimed: the embedded NATS store, the previous snapshot
-        refresh, imports, old_refresh, old_imports = Best(), Best(), Best(), Best()
+        refresh, imports, old_refresh, old_imports, floor = Best(), Best(), Best(), Best(), Best()
+        home = cwd / "dagster-floor"
         for _ in range(rounds):
             refresh.add(refresh_run(env, cwd))
             imports.add(measure([sys.executable, "-c", "import kryten_pipeline.definitions"], env=env, cwd=cwd))
+            floor.add(measure([sys.executable, str(Path(__file__).resolve()), "_dagster_floor", str(home)],
+                              env=clean_env(), cwd=cwd))
             if old_env is not None:
                 old_refresh.add(refresh_run(old_env, cwd))
                 old_imports.add(measure([sys.executable, "-c", "import kryten_pipeline.definitions"], env=old_env,
                                         cwd=cwd))
-    result = {"refresh": refresh.summary(), "import_definitions": imports.summary()}
+    result = {"refresh": refresh.summary(), "import_definitions": imports.summary(), "dagster_floor": floor.summary()}
     if old_env is not None:
         result["before"] = {"refresh": old_refresh.summary(), "import_definitions": old_imports.summary()}
     return result
+
+
+def dagster_floor_main(home: str) -> None:
+    """One empty asset materialised in process on a SQLite instance (runs, event log, schedules) in ``home``."""
+    import gc
+
+    os.makedirs(home, exist_ok=True)
+    config = Path(home) / "dagster.yaml"
+    if not config.exists():
+        config.write_text(f"telemetry:\n  enabled: false\nstorage:\n  sqlite:\n    base_dir: {home}/storage\n")
+    os.environ["DAGSTER_HOME"] = home
+    import dagster as dg
+
+    @dg.asset
+    def empty() -> None:
+        return None
+
+    result = dg.materialize([empty], instance=dg.DagsterInstance.get())
+    assert result.success
+    gc.freeze()  # as the CLI does before exit
 
 
 def before_env(env: dict[str, str], before: Path | None, data_dir: Path) -> dict[str, str] | None:
@@ -225,6 +250,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["_floor"]:
         floor_main(*argv[1:])
         return
+    if argv[:1] == ["_dagster_floor"]:
+        dagster_floor_main(*argv[1:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--latency", type=float, default=0.03, help="seconds per page of the slow profile")
@@ -247,6 +275,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"steps {r['steps_s']}")
             print(f"[{label}] import kryten_pipeline.definitions alone: {i['wall_s']:.2f} s "
                   f"(CPU {i['min_cpu_s']:.2f} s), {i['peak_rss_mb']:.0f} MB")
+        d = sample["dagster_floor"]
+        print(f"Dagster floor (import, SQLite instance, one empty asset materialised in process): {d['wall_s']:.2f} s "
+              f"(CPU {d['min_cpu_s']:.2f} s), {d['peak_rss_mb']:.0f} MB; the sample refresh is "
+              f"{sample['refresh']['wall_s'] / d['wall_s']:.2f}x that")
     if args.sizes:
         from kryten_pipeline.embedded_nats import start_nats_server
 
