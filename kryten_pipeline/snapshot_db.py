@@ -48,6 +48,9 @@ _SUBDIR_TMP_RE = re.compile(r"^\..+\.(?P<pid>\d+)\.(?:copy|tmp|download)$")
 _BATCH_SIZE = 5000
 BUILD_CACHE_KIB = 8192
 
+# The tables as SQL, not with sqlite-utils' ``Table.create``: the foreign keys carry ON DELETE CASCADE as in the
+# kryten-playlist service's own schema, and the membership table is WITHOUT ROWID (smaller, one B-tree), neither of
+# which ``create`` writes.
 _DDL = """
 CREATE TABLE catalog_item(
     video_id TEXT PRIMARY KEY,
@@ -81,10 +84,16 @@ FTS_TOKENIZER = "unicode61 remove_diacritics 2"
 FTS_BUILD_HASHSIZE = 64 * 1024 * 1024
 FTS_DEFAULT_HASHSIZE = 1024 * 1024
 # Indexes and the FTS5 index are built once, after the bulk load: much faster than per-row upkeep.
+# (index name, table, columns); the first two names are the kryten spec's.
+_INDEXES = (
+    ("idx_catalog_title", "catalog_item", ("title",)),
+    ("idx_catalog_snapshot", "catalog_item", ("snapshot_id",)),
+    ("idx_catalog_item_category_category", "catalog_item_category", ("category", "video_id")),
+)
+# The FTS5 table is written by hand, not with sqlite-utils' enable_fts: two of its columns are computed while it
+# is filled (title_alt by a Python function, categories from the JSON list), it has prefix indexes, and it
+# holds its own copy of the text (enable_fts makes an external-content table over the columns of one table).
 _POST_LOAD = f"""
-CREATE INDEX idx_catalog_title ON catalog_item(title);
-CREATE INDEX idx_catalog_snapshot ON catalog_item(snapshot_id);
-CREATE INDEX idx_catalog_item_category_category ON catalog_item_category(category, video_id);
 CREATE VIRTUAL TABLE catalog_fts USING fts5(
     video_id UNINDEXED, title, title_alt, categories,
     tokenize = '{FTS_TOKENIZER}', prefix = '2 3'
@@ -316,10 +325,21 @@ def _load(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], *, snapshot
     fault_point("build.after_load_commit")
     timings["load_s"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
+    _create_indexes(conn)
     conn.executescript(_POST_LOAD)
     fault_point("build.after_fts")
     timings["index_s"] = round(time.perf_counter() - t0, 3)
     return item_count, len(categories), membership_count
+
+
+def _create_indexes(conn: sqlite3.Connection) -> None:
+    # sqlite-utils over the same connection. Imported here, on the refresh's path only: importing it loads
+    # pandas and numpy when they are installed (0.9 s), which `status`, `search` and `follow` never pay.
+    import sqlite_utils
+
+    db = sqlite_utils.Database(conn)
+    for name, table, columns in _INDEXES:
+        db.table(table).create_index(list(columns), index_name=name)
 
 
 def _flush(conn: sqlite3.Connection, batch: list[tuple[Any, ...]], links: list[tuple[str, str]],

@@ -174,3 +174,31 @@ def test_file_permissions_are_restrictive(tmp_path: Path) -> None:
     install_snapshot(build(tmp_path, "20251218T120000Z-aaaaaa"), data_dir=tmp_path, keep=3)
     assert live_db_path(tmp_path, "default").stat().st_mode & 0o007 == 0
     assert (tmp_path / "default").stat().st_mode & 0o007 == 0
+
+
+def test_the_sqlite_utils_command_reads_a_published_file(tmp_path: Path) -> None:
+    """What the README shows a user: ``sqlite-utils`` (installed with the project) on the live, read-only file."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    built = build(tmp_path, "20251218T123456Z-cccccc", n=12)
+    install_snapshot(built, data_dir=tmp_path, keep=3)
+    live = live_db_path(tmp_path, "default")
+    assert not os.access(live, os.W_OK) or os.geteuid() == 0  # published files are read-only on disk
+    command = shutil.which("sqlite-utils", path=str(Path(sys.executable).parent)) or "sqlite-utils"
+
+    def run(*args: str) -> Any:
+        done = subprocess.run([command, *args], capture_output=True, text=True, timeout=60, check=True)
+        return json.loads(done.stdout)
+
+    counts = {row["table"]: row["count"] for row in run("tables", str(live), "--counts")}
+    assert counts["catalog_item"] == 12 and counts["catalog_item_category"] == 12 and counts["catalog_fts"] == 12
+    meta = {row["key"]: row["value"] for row in run("rows", str(live), "snapshot_meta")}
+    assert meta["snapshot_id"] == "20251218T123456Z-cccccc" and meta["item_count"] == "12"
+    hits = run("query", str(live), "SELECT video_id FROM catalog_fts WHERE catalog_fts MATCH :q ORDER BY rank",
+               "-p", "q", "cafe live")
+    assert [hit["video_id"] for hit in hits] == ["v00000", "v00003", "v00006", "v00009"]
+    indexes = {row["index_name"] for row in run("indexes", str(live))}
+    assert {"idx_catalog_title", "idx_catalog_snapshot", "idx_catalog_item_category_category"} <= indexes

@@ -8,7 +8,6 @@ DDL of the snapshot file — so the UI cannot drift from what the pipeline enfor
 from __future__ import annotations
 
 import itertools
-import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import dagster as dg
 import pandera.pandas as pa
+import sqlite_utils
 
 from kryten_pipeline.snapshot_db import catalog_item_ddl
 from kryten_pipeline.validation import VALIDATED_SCHEMA
@@ -61,18 +61,19 @@ def _pandera_type(column: pa.Column) -> str:
 
 def snapshot_column_schema() -> dg.TableSchema:
     """The ``catalog_item`` table of the snapshot file, read back from its DDL by SQLite itself."""
-    conn = sqlite3.connect(":memory:")
+    db = sqlite_utils.Database(memory=True)
     try:
-        conn.executescript(catalog_item_ddl())
-        rows = conn.execute(f"PRAGMA table_info({SNAPSHOT_TABLE})").fetchall()
+        db.executescript(catalog_item_ddl())
+        table_columns = db.table(SNAPSHOT_TABLE).columns
     finally:
-        conn.close()
+        db.close()
     columns = []
-    for _cid, name, sql_type, notnull, _default, pk in rows:
-        other = ["primary key"] if pk else []
+    for column in table_columns:
+        pk = bool(column.is_pk)
         columns.append(dg.TableColumn(
-            name=name, type=sql_type, description=SNAPSHOT_COLUMN_DOCS.get(name),
-            constraints=dg.TableColumnConstraints(nullable=not (notnull or pk), unique=bool(pk), other=other),
+            name=column.name, type=column.type, description=SNAPSHOT_COLUMN_DOCS.get(column.name),
+            constraints=dg.TableColumnConstraints(nullable=not (column.notnull or pk), unique=pk,
+                                                  other=["primary key"] if pk else []),
         ))
     return dg.TableSchema(columns=columns)
 
