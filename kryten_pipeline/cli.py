@@ -552,7 +552,8 @@ def _run_until_signal(coroutine: Any, on_stop: Any) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """``serve``, ``serve-admin``, ``serve-nats``: runs go into the project's Dagster instance (the UI shows them)."""
     settings = Settings.from_env()
-    from kryten_pipeline.refresh_triggers import check_admin_settings, serve
+    from kryten_pipeline.admin_app import check_admin_settings
+    from kryten_pipeline.serving import serve
 
     if args.admin:
         check_admin_settings(settings)  # refuse before opening anything

@@ -9,39 +9,32 @@ interleave: the pipeline resource holds the namespace's refresh lock for the who
   ``{"correlation_id", "namespace", "requested_by", "wait"}``; reply
   ``{"correlation_id", "status": "ok"|"error"|"accepted", "snapshot_id", "run_id", "error", "namespace"}``.
 - HTTP (seed 000 REQ-001): ``POST /refresh?namespace=NS[&wait=true]``, ``GET /status?namespace=NS``,
-  ``GET /runs/RUN_ID``, ``GET /healthz``; bearer token ``KRYTEN_ADMIN_TOKEN`` (compared in constant time).
+  ``GET /runs/RUN_ID``, ``GET /healthz``; bearer token ``KRYTEN_ADMIN_TOKEN``: ``kryten_pipeline.admin_app``.
+``kryten_pipeline.serving`` runs both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import ipaddress
 import json
 import logging
 import multiprocessing
 import os
-import signal
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from kryten_pipeline.embedded_nats import EmbeddedNats
 from kryten_pipeline.errors import ConfigurationError, KrytenError, NatsUnavailableError
 from kryten_pipeline.kv_store import NatsConnectionSettings, connect_nats, redact_url
 from kryten_pipeline.namespaces import validate_namespace
 from kryten_pipeline.settings import Settings
-from kryten_pipeline.snapshot_status import read_snapshot_status
 
 logger = logging.getLogger(__name__)
 
-MIN_ADMIN_TOKEN_CHARS = 16
 MAX_TAG_CHARS = 200
 MAX_REMEMBERED_RUNS = 1000
 COMMAND_QUEUE_GROUP = "kryten-pipeline"
@@ -52,7 +45,8 @@ def command_subject(prefix: str) -> str:
     return f"{prefix}.playlist.cmd.catalog_refresh"
 
 
-def _tag_value(value: object) -> str:
+def tag_value(value: object) -> str:
+    """A value as a run tag: one line, at most MAX_TAG_CHARS characters."""
     text = str(value).replace("\n", " ").strip()
     return text[:MAX_TAG_CHARS]
 
@@ -273,9 +267,9 @@ class RefreshCommandResponder:
             return reply
         tags = {"kryten/trigger": "nats"}
         if command.requested_by:
-            tags["kryten/requested_by"] = _tag_value(command.requested_by)
+            tags["kryten/requested_by"] = tag_value(command.requested_by)
         if command.correlation_id:
-            tags["kryten/correlation_id"] = _tag_value(command.correlation_id)
+            tags["kryten/correlation_id"] = tag_value(command.correlation_id)
         run_id, future = self.launcher.submit(namespace, tags=tags)
         logger.info("catalog_refresh %s for %s by %s: run %s", command.correlation_id, namespace,
                     command.requested_by or "-", run_id)
@@ -340,221 +334,3 @@ async def run_command_responder(
 async def _wait(event: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout=seconds)
-
-
-# -- admin HTTP endpoint ----------------------------------------------------------------------------
-
-
-def check_admin_settings(settings: Settings) -> None:
-    """Refuse to start without a usable token (the endpoint can launch runs)."""
-    token = settings.admin_token or ""
-    if not token:
-        raise ConfigurationError(
-            "the admin endpoint refuses to start without a bearer token; set KRYTEN_ADMIN_TOKEN "
-            "(e.g. to the output of `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)",
-            setting="KRYTEN_ADMIN_TOKEN",
-        )
-    if len(token) < MIN_ADMIN_TOKEN_CHARS:
-        raise ConfigurationError(
-            f"KRYTEN_ADMIN_TOKEN is too short ({len(token)} characters); use at least {MIN_ADMIN_TOKEN_CHARS}",
-            setting="KRYTEN_ADMIN_TOKEN",
-        )
-    if not 0 <= settings.admin_port <= 65535:
-        raise ConfigurationError(f"port {settings.admin_port} is out of range", setting="KRYTEN_ADMIN_PORT")
-
-
-class AdminServer:
-    """``POST /refresh``, ``GET /status``, ``GET /runs/ID``, ``GET /healthz`` on KRYTEN_ADMIN_BIND:PORT."""
-
-    def __init__(self, settings: Settings, launcher: RefreshLauncher) -> None:
-        check_admin_settings(settings)
-        self.settings = settings
-        self.launcher = launcher
-        self._token = (settings.admin_token or "").encode("utf-8")
-        try:
-            self._httpd = _QuietHTTPServer((settings.admin_bind, settings.admin_port), _make_handler(self))
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot listen on {settings.admin_bind}:{settings.admin_port}: {exc.strerror or exc}",
-                setting="KRYTEN_ADMIN_PORT",
-            ) from None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        shown = f"[{host}]" if ":" in str(host) else host
-        return f"http://{shown}:{port}"
-
-    @property
-    def exposed(self) -> bool:
-        """Listening beyond loopback (then put TLS in front: the token travels in every request)."""
-        try:
-            return not ipaddress.ip_address(self.settings.admin_bind).is_loopback
-        except ValueError:
-            return self.settings.admin_bind != "localhost"
-
-    def start(self) -> AdminServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="kryten-admin", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> AdminServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def token_matches(self, presented: str) -> bool:
-        return hmac.compare_digest(presented.encode("utf-8"), self._token)
-
-
-class _QuietHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        logger.exception("admin endpoint: error while answering %s", client_address)
-
-
-def _make_handler(server: AdminServer) -> type[BaseHTTPRequestHandler]:
-    class AdminHandler(BaseHTTPRequestHandler):
-        server_version = "kryten-pipeline-admin"
-        sys_version = ""
-
-        def log_message(self, format: str, *args: Any) -> None:
-            # Request line and status only: never headers (the token is in one).
-            logger.info("admin %s %s", self.address_string(), format % args)
-
-        def do_GET(self) -> None:
-            self._dispatch("GET")
-
-        def do_POST(self) -> None:
-            self._dispatch("POST")
-
-        def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-            body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _authorized(self) -> bool:
-            scheme, _, presented = (self.headers.get("Authorization") or "").partition(" ")
-            if scheme.lower() != "bearer" or not presented.strip():
-                self._send_json(401, {"error": "missing bearer token: send 'Authorization: Bearer <token>'"},
-                                {"WWW-Authenticate": 'Bearer realm="kryten-pipeline"'})
-                return False
-            if not server.token_matches(presented.strip()):
-                self._send_json(403, {"error": "invalid token"})
-                return False
-            return True
-
-        def _dispatch(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(min(length, 1 << 16))  # a body is not used; read it so the connection stays sane
-            parts = urlsplit(self.path)
-            query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-            path = parts.path.rstrip("/") or "/"
-            if path == "/healthz" and method == "GET":
-                self._send_json(200, {"ok": True})
-                return
-            routes = {("POST", "/refresh"): self._refresh, ("GET", "/status"): self._status}
-            handler = routes.get((method, path))
-            if handler is None and method == "GET" and path.startswith("/runs/"):
-                handler = self._run
-            if handler is None:
-                known = {p for _m, p in routes} | {"/healthz"}
-                if path in known or path.startswith("/runs/"):
-                    self._send_json(405, {"error": f"{method} is not allowed on {path}"})
-                else:
-                    self._send_json(404, {"error": f"no such endpoint {path}; try POST /refresh or GET /status"})
-                return
-            if not self._authorized():
-                return
-            try:
-                handler(path, query)
-            except KrytenError as exc:
-                status = 400 if isinstance(exc, ConfigurationError) else 503
-                self._send_json(status, {"error": str(exc)})
-
-        def _refresh(self, _path: str, query: dict[str, str]) -> None:
-            namespace = server.launcher.resolve_namespace(query.get("namespace"))
-            tags = {"kryten/trigger": "admin-http"}
-            if query.get("requested_by"):
-                tags["kryten/requested_by"] = _tag_value(query["requested_by"])
-            run_id, future = server.launcher.submit(namespace, tags=tags)
-            if query.get("wait", "").lower() not in TRUE_WORDS:
-                self._send_json(202, {"status": "accepted", "namespace": namespace, "run_id": run_id,
-                                      "run": f"/runs/{run_id}"})
-                return
-            outcome = run_outcome(future.result())
-            self._send_json(200 if outcome["status"] == "ok" else 500, outcome)
-
-        def _status(self, _path: str, query: dict[str, str]) -> None:
-            namespace = query.get("namespace") or server.settings.namespaces[0]
-            validate_namespace(namespace)
-            self._send_json(200, asyncio.run(read_snapshot_status(server.settings, namespace)))
-
-        def _run(self, path: str, _query: dict[str, str]) -> None:
-            run_id = path[len("/runs/"):]
-            described = server.launcher.describe_run(run_id)
-            if described is None:
-                self._send_json(404, {"error": f"no run {run_id}"})
-            else:
-                self._send_json(200, described)
-
-    return AdminHandler
-
-
-# -- serving (the CLI's serve commands) ---------------------------------------------------------------
-
-
-def serve(settings: Settings, instance: Any, *, admin: bool, nats: bool) -> None:
-    """Run the admin endpoint and/or the NATS responder until SIGINT/SIGTERM; then let running refreshes end."""
-    launcher = RefreshLauncher(instance, settings)
-    server = AdminServer(settings, launcher) if admin else None  # refuses before anything starts
-
-    def say(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        tasks = []
-        if server is not None:
-            server.start()
-            say(f"admin endpoint on {server.url} (POST /refresh, GET /status, GET /runs/ID)")
-            if server.exposed:
-                say("warning: listening beyond loopback; put TLS in front, the bearer token is in every request")
-        if nats:
-            tasks.append(asyncio.create_task(run_command_responder(
-                settings, launcher, stop, on_ready=lambda url, subject: say(f"answering {subject} on {url}"),
-            )))
-        waiter = asyncio.create_task(stop.wait())
-        await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        failed = next((task.exception() for task in tasks if task.done() and task.exception()), None)
-        stop.set()
-        say("stopping: waiting for running refreshes to finish")
-        if server is not None:
-            server.stop()
-        await asyncio.gather(waiter, *tasks, return_exceptions=True)
-        if failed is not None:
-            raise failed  # e.g. a NATS configuration error: reported by the CLI as `error: …`
-
-    try:
-        asyncio.run(main())
-    finally:
-        launcher.shutdown(wait=True)

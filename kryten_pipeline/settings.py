@@ -123,6 +123,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "bearer token of the admin HTTP endpoint (it refuses to start without one)", True),
     SettingSpec("KRYTEN_ADMIN_BIND", "admin_bind", "127.0.0.1", "address the admin HTTP endpoint listens on"),
     SettingSpec("KRYTEN_ADMIN_PORT", "admin_port", "8787", "port of the admin HTTP endpoint"),
+    SettingSpec("KRYTEN_ADMIN_TLS_CERT", "admin_tls_cert", None,
+                "PEM certificate (chain) the admin endpoint serves HTTPS with; with KRYTEN_ADMIN_TLS_KEY"),
+    SettingSpec("KRYTEN_ADMIN_TLS_KEY", "admin_tls_key", None, "PEM private key of KRYTEN_ADMIN_TLS_CERT"),
 )
 
 SPEC_BY_FIELD = {spec.field: spec for spec in SETTINGS}
@@ -210,6 +213,8 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)
     admin_bind: str = "127.0.0.1"
     admin_port: int = 8787
+    admin_tls_cert: str | None = None
+    admin_tls_key: str | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str | None]) -> Settings:
@@ -296,6 +301,8 @@ class Settings:
             admin_token=raw["admin_token"],
             admin_bind=raw["admin_bind"] or "127.0.0.1",
             admin_port=_as_int(raw["admin_port"], "admin_port", minimum=0),
+            admin_tls_cert=raw["admin_tls_cert"],
+            admin_tls_key=raw["admin_tls_key"],
         )
 
     @classmethod

@@ -37,5 +37,7 @@ class AutomationResource(SettingsResource):
     admin_token: str | None = setting("admin_token")
     admin_bind: str = setting("admin_bind")
     admin_port: int = setting("admin_port")
+    admin_tls_cert: str | None = setting("admin_tls_cert")
+    admin_tls_key: str | None = setting("admin_tls_key")
     code_git_url: str | None = setting("code_git_url")
     code_git_branch: str = setting("code_git_branch")
