@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -35,6 +34,7 @@ from kryten_pipeline.catalog_item import CatalogItem, SourceReject
 from kryten_pipeline.connectors import ProgressCallback
 from kryten_pipeline.errors import ConfigurationError, SourceError
 from kryten_pipeline.proto_gen.kryten.contentservice.v1 import content_pb2, content_pb2_grpc
+from kryten_pipeline.retry_policy import RetryPolicy, TransientFailure
 from kryten_pipeline.settings import Settings
 
 AUTH_METADATA_KEY = "authorization"
@@ -120,6 +120,58 @@ class _Mapping:
 
     parents: dict[str, _Parent] = field(default_factory=dict)
     waiting: dict[str, list[content_pb2.CatalogFeedItem]] = field(default_factory=dict)
+
+
+class _CursorStream:
+    """The catalog as a sequence of chunks over ``CatalogSnapshot`` calls, each resumed from the cursor of the
+    last chunk received. ``next_chunk`` is one attempt: the next chunk, ``None`` once the catalog is complete, or
+    ``TransientFailure`` (the call is dropped; the next attempt opens a new one from the cursor)."""
+
+    def __init__(self, connector: ContentServiceConnector, stub: Any, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.connector = connector
+        self.stub = stub
+        self.metadata = metadata
+        self.cursor: str | None = None
+        self._call: Any = None
+        self._sent_cursor: str | None = None
+        self._chunks_this_call = 0
+
+    async def next_chunk(self) -> content_pb2.CatalogSnapshotChunk | None:
+        connector = self.connector
+        while True:
+            if self._call is None:
+                request = content_pb2.CatalogSnapshotRequest(limit=connector.chunk_limit)
+                if self.cursor:
+                    request.cursor = self.cursor
+                self._sent_cursor, self._chunks_this_call = self.cursor, 0
+                connector.stats["calls"] += 1
+                self._call = self.stub.CatalogSnapshot(request, metadata=self.metadata)
+            try:
+                chunk = await asyncio.wait_for(self._call.read(), timeout=connector.idle_timeout_s)
+            except TimeoutError:
+                self.close()
+                raise TransientFailure(f"no data for {connector.idle_timeout_s:g}s") from None
+            except grpc.aio.AioRpcError as exc:
+                self.close()
+                raise TransientFailure(connector._classify(exc, self.cursor)) from None  # or a permanent error
+            if chunk is not grpc.aio.EOF:
+                self._chunks_this_call += 1
+                return chunk
+            # The server ended the call: either the catalog is done, or it pages per call.
+            delivered = self._chunks_this_call
+            self.close()
+            if not delivered:
+                return None
+            if self.cursor == self._sent_cursor:
+                raise SourceError(
+                    f"{connector.label} ended a call without moving past cursor {self.cursor!r}; refusing to loop",
+                    setting="CONTENT_SERVICE_ADDR",
+                )
+
+    def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()  # no-op when the call already ended; frees it when we stop early
+            self._call = None
 
 
 class ContentServiceConnector:
@@ -236,68 +288,35 @@ class ContentServiceConnector:
             "items_per_s": 0.0,
         }
         mapping = _Mapping()
-        cursor: str | None = None
-        failures = 0  # consecutive failed calls without a chunk received
+        retry = RetryPolicy(self.max_retries, self.backoff_base_s, self.backoff_max_s)
         async with self._channel() as channel:
-            stub = content_pb2_grpc.ContentServiceStub(channel)
-            while True:
-                request = content_pb2.CatalogSnapshotRequest(limit=self.chunk_limit)
-                if cursor:
-                    request.cursor = cursor
-                sent_cursor = cursor
-                self.stats["calls"] += 1
-                call = stub.CatalogSnapshot(request, metadata=self._metadata)
-                chunks_this_call = 0
-                finished = False
-                failure: str | None = None
-                try:
-                    while True:
-                        try:
-                            chunk = await asyncio.wait_for(call.read(), timeout=self.idle_timeout_s)
-                        except TimeoutError:
-                            failure = f"no data for {self.idle_timeout_s:g}s"
-                            break
-                        if chunk is grpc.aio.EOF:
-                            # The server ended the call: either the catalog is done, or it pages per call.
-                            finished = chunks_this_call == 0
-                            break
-                        chunks_this_call += 1
-                        failures = 0
-                        self.stats["chunks"] += 1
-                        for item in self._map_chunk(chunk, mapping):
-                            self.stats["items"] += 1
-                            yield item
-                        cursor = chunk.next_cursor if chunk.HasField("next_cursor") else ""
-                        self._update_timing(started)
-                        if self.progress is not None:
-                            self.progress(dict(self.stats))
-                        if not cursor:
-                            finished = True
-                            break
-                except grpc.aio.AioRpcError as exc:
-                    failure = self._classify(exc, cursor)
-                finally:
-                    call.cancel()  # no-op when the call already ended; frees it when we stop early
-                if finished:
-                    break
-                if failure is None:
-                    if cursor == sent_cursor:
+            stream = _CursorStream(self, content_pb2_grpc.ContentServiceStub(channel), self._metadata)
+            try:
+                while True:
+                    # Retried per chunk: the retries bound consecutive failures without a chunk received.
+                    try:
+                        chunk = await retry.call(stream.next_chunk, on_retry=self._count_retry)
+                    except TransientFailure as exc:
                         raise SourceError(
-                            f"{self.label} ended a call without moving past cursor {cursor!r}; refusing to loop",
+                            f"the ContentService stream at {self.label} kept failing ({exc.problem}) after "
+                            f"{self.stats['items']} items and {self.stats['retries']} retries"
+                            + self._tls_hint(exc.problem),
                             setting="CONTENT_SERVICE_ADDR",
-                        )
-                    continue  # the server pages per call: ask for the next page
-                failures += 1
-                if failures > self.max_retries:
-                    raise SourceError(
-                        f"the ContentService stream at {self.label} kept failing ({failure}) after "
-                        f"{self.stats['items']} items and {self.stats['retries']} retries"
-                        + self._tls_hint(failure),
-                        setting="CONTENT_SERVICE_ADDR",
-                    )
-                self.stats["retries"] += 1
-                delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (failures - 1))
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter: clients do not reconnect in step
+                        ) from None
+                    if chunk is None:
+                        break  # the server ended a call without a chunk: the catalog is complete
+                    self.stats["chunks"] += 1
+                    for item in self._map_chunk(chunk, mapping):
+                        self.stats["items"] += 1
+                        yield item
+                    stream.cursor = chunk.next_cursor if chunk.HasField("next_cursor") else ""
+                    self._update_timing(started)
+                    if self.progress is not None:
+                        self.progress(dict(self.stats))
+                    if not stream.cursor:
+                        break
+            finally:
+                stream.close()
         # Episodes whose series/season entry never came are still playable; they get what context there is.
         for feeds in mapping.waiting.values():
             for feed in feeds:
@@ -308,6 +327,9 @@ class ContentServiceConnector:
                     yield item
         mapping.waiting.clear()
         self._update_timing(started)
+
+    def _count_retry(self, _failure: TransientFailure) -> None:
+        self.stats["retries"] += 1
 
     def _classify(self, exc: grpc.aio.AioRpcError, cursor: str | None) -> str:
         """Raise for errors a retry cannot fix; return a short description of a transient one."""

@@ -33,7 +33,6 @@ import asyncio
 import http.cookiejar
 import json
 import math
-import random
 import ssl
 import sys
 import time
@@ -47,6 +46,7 @@ import httpx
 from kryten_pipeline import jsonfast
 from kryten_pipeline.catalog_item import CatalogItem, SourceReject
 from kryten_pipeline.errors import ConfigurationError, SourceError
+from kryten_pipeline.retry_policy import RetryPolicy, TransientFailure
 from kryten_pipeline.settings import Settings
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -255,6 +255,7 @@ class MediaCMSConnector:
         self.retries = max(0, int(retries))
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self._retry = RetryPolicy(self.retries, backoff_base, backoff_max)
         self._progress = progress
         self._transport = transport
         self.stats: dict[str, Any] = {}
@@ -421,67 +422,64 @@ class MediaCMSConnector:
         allow: tuple[int, ...] = (),
     ) -> tuple[int, Any]:
         """One API call with retries. Returns (status, parsed JSON) for 2xx and for statuses in ``allow``."""
-        client = self._client
-        assert client is not None
         if params:
             url = f"{url}?{urlencode(params)}"  # one URL parse per request instead of a parse and a merge
         where = scrub_url(url)
-        attempt = 0
-        while True:
-            retry_after: float | None = None
-            try:
-                async with self._semaphore:
-                    self.stats["requests"] += 1
-                    response = await client.request(method, url, data=data)
-            except httpx.TimeoutException:
-                problem = "timeout"
-            except httpx.TransportError as exc:
-                rejected = _certificate_rejected(exc) if isinstance(exc, httpx.ConnectError) else None
-                if rejected:  # a retry cannot fix an untrusted certificate
-                    raise self._certificate_error(where, rejected) from None
-                problem = f"transport:{type(exc).__name__}"
-            else:
-                body = response.content
-                self.stats["bytes"] += len(body)
-                status = response.status_code
-                is_json = "json" in response.headers.get("content-type", "").lower()
-                if 300 <= status < 400:
-                    raise self._redirect_error(where, response.headers.get("location", ""))
-                if status == 429 or status >= 500:
-                    problem = f"http:{status}"
-                    retry_after = _retry_after(response.headers.get("retry-after"))
-                elif status in allow:
-                    return status, _loads_or_none(body) if is_json else None
-                elif status in (401, 403):
-                    raise self._auth_error(where, status)
-                elif not is_json:
-                    raise self._html_error(where, status)
-                elif status >= 400:
-                    detail = _detail(_loads_or_none(body))
-                    raise SourceError(
-                        f"MediaCMS answered HTTP {status} to GET {where}{detail}; the catalog cannot be read whole",
-                        setting="MEDIACMS_URL",
-                    )
-                else:
-                    try:
-                        return status, jsonfast.loads(body)
-                    except ValueError:
-                        problem = "malformed_json"
-            attempt += 1
-            if attempt > self.retries:
-                raise SourceError(
-                    f"MediaCMS request {method} {where} failed {attempt} times (last: {problem}); the server is "
-                    f"unreachable or overloaded — try again later, or raise MEDIACMS_RETRIES/MEDIACMS_TIMEOUT",
-                    setting="MEDIACMS_URL",
-                )
-            self.stats["retries"] += 1
-            reasons = self.stats["retry_reasons"]
-            reasons[problem] = reasons.get(problem, 0) + 1
-            delay = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
-            delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: spread concurrent retries apart
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, self.backoff_max))
-            await asyncio.sleep(delay)
+        try:
+            return await self._retry.call(lambda: self._attempt(method, url, where, data, allow),
+                                          on_retry=self._count_retry)
+        except TransientFailure as exc:
+            raise SourceError(
+                f"MediaCMS request {method} {where} failed {self.retries + 1} times (last: {exc.problem}); the "
+                f"server is unreachable or overloaded — try again later, or raise MEDIACMS_RETRIES/MEDIACMS_TIMEOUT",
+                setting="MEDIACMS_URL",
+            ) from None
+
+    def _count_retry(self, failure: TransientFailure) -> None:
+        self.stats["retries"] += 1
+        reasons = self.stats["retry_reasons"]
+        reasons[failure.problem] = reasons.get(failure.problem, 0) + 1
+
+    async def _attempt(self, method: str, url: str, where: str, data: dict[str, str] | None,
+                       allow: tuple[int, ...]) -> tuple[int, Any]:
+        """One request: its answer, ``TransientFailure`` for what a retry may fix, any other error for the rest."""
+        client = self._client
+        assert client is not None
+        try:
+            async with self._semaphore:
+                self.stats["requests"] += 1
+                response = await client.request(method, url, data=data)
+        except httpx.TimeoutException:
+            raise TransientFailure("timeout") from None
+        except httpx.TransportError as exc:
+            rejected = _certificate_rejected(exc) if isinstance(exc, httpx.ConnectError) else None
+            if rejected:  # a retry cannot fix an untrusted certificate
+                raise self._certificate_error(where, rejected) from None
+            raise TransientFailure(f"transport:{type(exc).__name__}") from None
+        body = response.content
+        self.stats["bytes"] += len(body)
+        status = response.status_code
+        is_json = "json" in response.headers.get("content-type", "").lower()
+        if 300 <= status < 400:
+            raise self._redirect_error(where, response.headers.get("location", ""))
+        if status == 429 or status >= 500:
+            raise TransientFailure(f"http:{status}", retry_after=_retry_after(response.headers.get("retry-after")))
+        if status in allow:
+            return status, _loads_or_none(body) if is_json else None
+        if status in (401, 403):
+            raise self._auth_error(where, status)
+        if not is_json:
+            raise self._html_error(where, status)
+        if status >= 400:
+            detail = _detail(_loads_or_none(body))
+            raise SourceError(
+                f"MediaCMS answered HTTP {status} to GET {where}{detail}; the catalog cannot be read whole",
+                setting="MEDIACMS_URL",
+            )
+        try:
+            return status, jsonfast.loads(body)
+        except ValueError:
+            raise TransientFailure("malformed_json") from None
 
     def _redirect_error(self, where: str, location: str) -> ConfigurationError:
         target = scrub_url(location) if location else "(no Location)"
