@@ -6,19 +6,24 @@ instance, so a CLI run appears in the UI's run history exactly like a UI run.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import click
+
+from kryten_pipeline import __version__
 from kryten_pipeline.errors import ConfigurationError, KrytenError, NatsUnavailableError
 from kryten_pipeline.gc_tuning import freeze_survivors
 from kryten_pipeline.namespaces import validate_namespace
+from kryten_pipeline.progress_display import progress_display
 from kryten_pipeline.settings import SOURCES, SPEC_BY_FIELD, Settings, load_dotenv_file
 
 EXIT_OK = 0
@@ -34,18 +39,21 @@ _OWN_PROCESS = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code. ``argv=None`` reads the process's own command line."""
     global _OWN_PROCESS
-    parser = _parser()
-    args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")  # Dagster preview/beta notices are not for operators
-    load_dotenv_file()
     _OWN_PROCESS = argv is None
     try:
-        return int(args.handler(args))
+        result = app.main(args=None if argv is None else list(argv), prog_name="kryten-pipeline",
+                          standalone_mode=False)
+        return int(result or EXIT_OK)  # a command's exit code; --help and --version give 0
+    except click.ClickException as exc:  # a usage error: an unknown option, a bad value (exit 2, as before)
+        exc.show()
+        return exc.exit_code
     except KrytenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, ConfigurationError) else EXIT_FAILED
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, click.Abort):
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `kryten-pipeline diff | head`: the reader has what it wanted
@@ -65,112 +73,181 @@ def _freeze_loaded() -> None:
         freeze_survivors()
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kryten-pipeline",
-        description="Refresh and inspect the kryten catalog snapshot (SQLite + NATS KV).",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    refresh = sub.add_parser("refresh", help="materialise raw_catalog → … → kv_published for one namespace")
-    refresh.add_argument("--namespace", "-n", help="namespace (default: the first of KRYTEN_NAMESPACES)")
-    refresh.add_argument("--source", "-s", choices=SOURCES, help="override KRYTEN_SOURCE for this run")
-    refresh.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    refresh.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
-    refresh.add_argument("--all-namespaces", action="store_true",
-                         help="every registered namespace: a Dagster backfill if a daemon runs, else one after another")
-    refresh.add_argument("--in-process", action="store_true",
-                         help="with --all-namespaces: refresh here even if a daemon could run a backfill")
-    refresh.add_argument("--allow-removals", action="store_true",
-                         help="publish even if more than KRYTEN_MAX_REMOVED_RATIO of the catalog disappears")
-    refresh.set_defaults(handler=cmd_refresh)
-
-    status = sub.add_parser("status", help="KV current vs the live SQLite file and its object (exit 0 consistent, "
-                            "1 inconsistent, 3 cannot tell: NATS unreachable)")
-    status.add_argument("--namespace", "-n")
-    status.add_argument("--json", action="store_true")
-    status.set_defaults(handler=cmd_status)
-
-    snapshots = sub.add_parser("snapshots", help="list snapshots: KV records and kept SQLite files")
-    snapshots.add_argument("--namespace", "-n")
-    snapshots.add_argument("--json", action="store_true")
-    snapshots.set_defaults(handler=cmd_snapshots)
-
-    rollback = sub.add_parser("rollback", help="make a kept snapshot live again and move KV current to it")
-    rollback.add_argument("--to", required=True, metavar="SNAPSHOT_ID")
-    rollback.add_argument("--namespace", "-n")
-    rollback.add_argument("--json", action="store_true")
-    rollback.set_defaults(handler=cmd_rollback)
-
-    diff = sub.add_parser("diff", help="what changed between two kept snapshots (default: live vs its predecessor)")
-    diff.add_argument("--from", dest="from_id", metavar="SNAPSHOT_ID")
-    diff.add_argument("--to", dest="to_id", metavar="SNAPSHOT_ID")
-    diff.add_argument("--namespace", "-n")
-    diff.add_argument("--json", action="store_true")
-    diff.set_defaults(handler=cmd_diff)
-
-    search = sub.add_parser("search", help="search the live snapshot (FTS5, bm25 ranking)")
-    search.add_argument("query", nargs="?", default="", help="free text; \"quoted phrase\"; last word is a prefix")
-    search.add_argument("--category", "-c", action="append", default=[], help="only items in this category (repeat)")
-    search.add_argument("--limit", type=int, default=20)
-    search.add_argument("--namespace", "-n")
-    search.add_argument("--json", action="store_true")
-    search.set_defaults(handler=cmd_search)
-
-    follow = sub.add_parser(
-        "follow", help="install every snapshot of a namespace at PATH on this host (needs only NATS_URL)",
-        description="Watch KV ns/{ns}/current and install each snapshot it names at PATH: downloaded from the "
-        "Object Store, verified (size, sha256, integrity_check, snapshot id), installed atomically. Runs until "
-        "SIGINT/SIGTERM; with --once installs the current snapshot and exits.",
-    )
-    follow.add_argument("--namespace", "-n", help="namespace (default: the first of KRYTEN_NAMESPACES)")
-    follow.add_argument("--to", required=True, metavar="PATH", help="the database file readers open")
-    follow.add_argument("--exec", dest="exec_command", metavar="CMD",
-                        help="shell command run after each install (KRYTEN_SNAPSHOT_ID, KRYTEN_SNAPSHOT_PATH set)")
-    follow.add_argument("--once", action="store_true", help="install the current snapshot (if needed) and exit")
-    _delivery_options(follow)
-    follow.set_defaults(handler=cmd_follow)
-
-    pull = sub.add_parser("pull", help="install one snapshot (default: current) at PATH from the Object Store")
-    pull.add_argument("--namespace", "-n")
-    pull.add_argument("--to", required=True, metavar="PATH", help="the database file to install")
-    pull.add_argument("--snapshot", metavar="SNAPSHOT_ID", help="a kept snapshot instead of current")
-    _delivery_options(pull)
-    pull.set_defaults(handler=cmd_pull, once=True, exec_command=None)
-
-    for name, what in (("serve", "the admin HTTP endpoint and the NATS refresh command"),
-                       ("serve-admin", "the admin HTTP endpoint (POST /refresh, GET /status; KRYTEN_ADMIN_TOKEN)"),
-                       ("serve-nats", "the NATS command {prefix}.playlist.cmd.catalog_refresh (request/reply)")):
-        serve = sub.add_parser(name, help=f"serve {what} until stopped (SIGINT/SIGTERM)")
-        serve.set_defaults(handler=cmd_serve, admin=name != "serve-nats", nats=name != "serve-admin")
-
-    namespaces = sub.add_parser("namespaces", help="list or add namespaces (Dagster partitions)")
-    namespaces.add_argument("action", choices=("list", "add"), nargs="?", default="list")
-    namespaces.add_argument("names", nargs="*", metavar="NS")
-    namespaces.set_defaults(handler=cmd_namespaces)
-    return parser
+# --- the command line (click) ----------------------------------------------------------------------
 
 
-def _delivery_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", choices=("kryten-playlist",),
-                        help="add the columns the kryten-playlist code reads to this host's copy")
-    parser.add_argument("--mode", default="0644", type=_file_mode,
-                        help="permissions of the installed file (default 0644; the reader's user must be able to "
-                        "write if it switches the file to WAL: run follow as that user)")
-    parser.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="give a download up when no data arrived for this long (default 30)")
-    parser.add_argument("--json", action="store_true",
-                        help="print what was installed as JSON on stdout (pull, follow --once)")
+class FileMode(click.ParamType):
+    """An octal file mode such as 0644."""
+
+    name = "MODE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            mode = int(str(value), 8)
+        except ValueError:
+            self.fail(f"{value!r} is not an octal mode like 0644", param, ctx)
+        if not 0 <= mode <= 0o777:
+            self.fail(f"{value!r} is not a file mode", param, ctx)
+        return mode
 
 
-def _file_mode(text: str) -> int:
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 0644") from None
-    if not 0 <= mode <= 0o777:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a file mode")
-    return mode
+def _run(handler: Callable[[SimpleNamespace], int], **options: Any) -> int:
+    return handler(SimpleNamespace(**options))
+
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+namespace_option = click.option("--namespace", "-n", metavar="NS",
+                                help="namespace (default: the first of KRYTEN_NAMESPACES)")
+json_option = click.option("--json", is_flag=True, help="print the result as JSON on stdout")
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", prog_name="kryten-pipeline")
+def app() -> None:
+    """Refresh and inspect the kryten catalog snapshot (SQLite + NATS KV).
+
+    Settings come from the environment and a .env file in the working directory (README, Configuration).
+    Shell completion: eval "$(_KRYTEN_PIPELINE_COMPLETE=bash_source kryten-pipeline)" (zsh_source, fish_source).
+    """
+    load_dotenv_file()
+
+
+@app.command("refresh")
+@namespace_option
+@click.option("--source", "-s", type=click.Choice(SOURCES), help="override KRYTEN_SOURCE for this run")
+@click.option("--json", is_flag=True, help="print the summary as JSON on stdout")
+@click.option("--quiet", "-q", is_flag=True, help="no progress display on stderr")
+@click.option("--all-namespaces", is_flag=True,
+              help="every registered namespace: a Dagster backfill if a daemon runs, else one after another")
+@click.option("--in-process", is_flag=True, help="with --all-namespaces: refresh here even if a daemon could run "
+              "a backfill")
+@click.option("--allow-removals", is_flag=True,
+              help="publish even if more than KRYTEN_MAX_REMOVED_RATIO of the catalog disappears")
+def refresh_command(**options: Any) -> int:
+    """Materialise raw_catalog → … → kv_published for one namespace.
+
+    Progress is drawn on a terminal, as plain lines otherwise; exit 0 only on success, 2 for a setting to fix.
+    """
+    return _run(cmd_refresh, **options)
+
+
+@app.command("status")
+@namespace_option
+@json_option
+def status_command(**options: Any) -> int:
+    """KV current vs the live SQLite file and its object.
+
+    Exit 0 consistent, 1 inconsistent, 3 cannot tell (NATS unreachable).
+    """
+    return _run(cmd_status, **options)
+
+
+@app.command("snapshots")
+@namespace_option
+@json_option
+def snapshots_command(**options: Any) -> int:
+    """List snapshots: KV records and kept SQLite files."""
+    return _run(cmd_snapshots, **options)
+
+
+@app.command("rollback")
+@click.option("--to", required=True, metavar="SNAPSHOT_ID", help="a kept snapshot")
+@namespace_option
+@json_option
+def rollback_command(**options: Any) -> int:
+    """Make a kept snapshot live again and move KV current to it."""
+    return _run(cmd_rollback, **options)
+
+
+@app.command("diff")
+@click.option("--from", "from_id", metavar="SNAPSHOT_ID", help="default: the live snapshot's predecessor")
+@click.option("--to", "to_id", metavar="SNAPSHOT_ID", help="default: the live snapshot")
+@namespace_option
+@json_option
+def diff_command(**options: Any) -> int:
+    """What changed between two kept snapshots (default: live vs its predecessor)."""
+    return _run(cmd_diff, **options)
+
+
+@app.command("search")
+@click.argument("query", required=False, default="")
+@click.option("--category", "-c", multiple=True, metavar="CATEGORY", help="only items in this category (repeat)")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@namespace_option
+@json_option
+def search_command(**options: Any) -> int:
+    """Search the live snapshot (FTS5, bm25 ranking).
+
+    QUERY is free text; "a quoted phrase" is searched as one; the last word matches as a prefix.
+    """
+    options["category"] = list(options["category"])
+    return _run(cmd_search, **options)
+
+
+def delivery_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed((
+        click.option("--profile", type=click.Choice(("kryten-playlist",)),
+                     help="add the columns the kryten-playlist code reads to this host's copy"),
+        click.option("--mode", type=FileMode(), default="0644",
+                     help="permissions of the installed file (default 0644; the reader's user must be able to "
+                     "write if it switches the file to WAL: run follow as that user)"),
+        click.option("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
+                     help="give a download up when no data arrived for this long (default 30)"),
+        click.option("--json", is_flag=True, help="print what was installed as JSON on stdout (pull, follow --once)"),
+    )):
+        command = option(command)
+    return command
+
+
+@app.command("follow")
+@namespace_option
+@click.option("--to", required=True, metavar="PATH", help="the database file readers open")
+@click.option("--exec", "exec_command", metavar="CMD",
+              help="shell command run after each install (KRYTEN_SNAPSHOT_ID, KRYTEN_SNAPSHOT_PATH set)")
+@click.option("--once", is_flag=True, help="install the current snapshot (if needed) and exit")
+@delivery_options
+def follow_command(**options: Any) -> int:
+    """Install every snapshot of a namespace at PATH on this host (needs only NATS_URL).
+
+    Watches KV ns/{ns}/current and installs each snapshot it names at PATH: downloaded from the Object Store,
+    verified (size, sha256, integrity_check, snapshot id), installed atomically. Runs until SIGINT/SIGTERM;
+    with --once installs the current snapshot and exits.
+    """
+    return _run(cmd_follow, **options)
+
+
+@app.command("pull")
+@namespace_option
+@click.option("--to", required=True, metavar="PATH", help="the database file to install")
+@click.option("--snapshot", metavar="SNAPSHOT_ID", help="a kept snapshot instead of current")
+@delivery_options
+def pull_command(**options: Any) -> int:
+    """Install one snapshot (default: current) at PATH from the Object Store."""
+    return _run(cmd_pull, once=True, exec_command=None, **options)
+
+
+def _serve_command(name: str, what: str, *, admin: bool, nats: bool) -> None:
+    @app.command(name, help=f"Serve {what} until stopped (SIGINT/SIGTERM).")
+    def command() -> int:
+        return _run(cmd_serve, admin=admin, nats=nats)
+
+
+_serve_command("serve", "the admin HTTP endpoint and the NATS refresh command", admin=True, nats=True)
+_serve_command("serve-admin", "the admin HTTP endpoint (POST /refresh, GET /status; KRYTEN_ADMIN_TOKEN)",
+               admin=True, nats=False)
+_serve_command("serve-nats", "the NATS command {prefix}.playlist.cmd.catalog_refresh (request/reply)",
+               admin=False, nats=True)
+
+
+@app.command("namespaces")
+@click.argument("action", type=click.Choice(("list", "add")), required=False, default="list")
+@click.argument("names", nargs=-1, metavar="[NS]...")
+def namespaces_command(**options: Any) -> int:
+    """List or add namespaces (Dagster partitions)."""
+    options["names"] = list(options["names"])
+    return _run(cmd_namespaces, **options)
 
 
 def _settings_and_namespace(namespace: str | None) -> tuple[Settings, str]:
@@ -201,7 +278,7 @@ def _absolutise_paths() -> None:
 # --- refresh -------------------------------------------------------------------------------------
 
 
-def cmd_refresh(args: argparse.Namespace) -> int:
+def cmd_refresh(args: SimpleNamespace) -> int:
     if args.all_namespaces:
         return cmd_refresh_all(args)
     if args.source:
@@ -213,11 +290,12 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
     ensure_namespace_registered(instance, settings, namespace)
     _freeze_loaded()
-    sink = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     tags = {"kryten/trigger": "cli"}
     if args.allow_removals:
         tags["kryten/allow-removals"] = "true"
-    summary = execute_refresh(instance, namespace, tags=tags, progress=sink)
+    display = progress_display(quiet=args.quiet)
+    with display or contextlib.nullcontext():
+        summary = execute_refresh(instance, namespace, tags=tags, progress=display)
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
@@ -261,7 +339,7 @@ def _print_refresh_summary(summary: dict[str, Any]) -> None:
 # --- status, snapshots, rollback -------------------------------------------------------------------
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_status(args: SimpleNamespace) -> int:
     settings, namespace = _settings_and_namespace(args.namespace)
     from kryten_pipeline.snapshot_status import read_snapshot_status
 
@@ -291,7 +369,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if payload["consistent"] else EXIT_FAILED
 
 
-def cmd_snapshots(args: argparse.Namespace) -> int:
+def cmd_snapshots(args: SimpleNamespace) -> int:
     settings, namespace = _settings_and_namespace(args.namespace)
     from kryten_pipeline.kv_store import snapshot_store
     from kryten_pipeline.snapshot_db import list_kept_snapshots, live_db_path, read_snapshot_meta
@@ -334,7 +412,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_rollback(args: argparse.Namespace) -> int:
+def cmd_rollback(args: SimpleNamespace) -> int:
     settings, namespace = _settings_and_namespace(args.namespace)
     from kryten_pipeline.rollback import rollback_to
     from kryten_pipeline.snapshot_id import is_snapshot_id
@@ -350,7 +428,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_diff(args: argparse.Namespace) -> int:
+def cmd_diff(args: SimpleNamespace) -> int:
     settings, namespace = _settings_and_namespace(args.namespace)
     from kryten_pipeline.snapshot_db import kept_snapshot_path, list_kept_snapshots, live_db_path, read_snapshot_meta
     from kryten_pipeline.snapshot_diff import KINDS, diff_snapshot_files
@@ -381,7 +459,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_search(args: argparse.Namespace) -> int:
+def cmd_search(args: SimpleNamespace) -> int:
     settings, namespace = _settings_and_namespace(args.namespace)
     from kryten_pipeline.search import search_catalog
     from kryten_pipeline.snapshot_db import live_db_path
@@ -406,7 +484,7 @@ def _clock(seconds: int) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def cmd_namespaces(args: argparse.Namespace) -> int:
+def cmd_namespaces(args: SimpleNamespace) -> int:
     settings = Settings.from_env()
     instance = _open_project_instance(settings)
     from kryten_pipeline.dagster_defs.partitions import register_namespaces, registered_namespaces
@@ -427,7 +505,7 @@ def cmd_namespaces(args: argparse.Namespace) -> int:
 # --- several namespaces, triggers -------------------------------------------------------------------
 
 
-def cmd_refresh_all(args: argparse.Namespace) -> int:
+def cmd_refresh_all(args: SimpleNamespace) -> int:
     """``refresh --all-namespaces``: a backfill when a daemon runs, else each namespace in turn, here."""
     if args.namespace:
         raise ConfigurationError("use either --namespace or --all-namespaces")
@@ -463,8 +541,10 @@ def cmd_refresh_all(args: argparse.Namespace) -> int:
         print(f"no Dagster daemon for this instance: refreshing {len(namespaces)} namespaces here, one after "
               f"another (batch {batch})", file=sys.stderr)
     _freeze_loaded()
-    sink = None if args.quiet else (lambda ns, line: print(f"[{ns}] {line}", file=sys.stderr, flush=True))
-    summaries = refresh_in_sequence(instance, namespaces, tags=tags, progress=sink)
+    display = progress_display(quiet=args.quiet)
+    sink = None if display is None else (lambda ns, line: display(line, label=f"[{ns}] "))
+    with display or contextlib.nullcontext():
+        summaries = refresh_in_sequence(instance, namespaces, tags=tags, progress=sink)
     failed = [s for s in summaries if not s["success"]]
     if args.json:
         print(json.dumps({"batch": batch, "runs": summaries}, indent=2, ensure_ascii=False))
@@ -479,11 +559,11 @@ def cmd_refresh_all(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def cmd_pull(args: argparse.Namespace) -> int:
+def cmd_pull(args: SimpleNamespace) -> int:
     return cmd_follow(args)
 
 
-def cmd_follow(args: argparse.Namespace) -> int:
+def cmd_follow(args: SimpleNamespace) -> int:
     """``follow`` (until stopped, or ``--once``) and ``pull``: snapshots from NATS installed at ``--to``."""
     settings, namespace = _settings_and_namespace(args.namespace)
     from kryten_pipeline.follower import (
@@ -549,7 +629,7 @@ def _run_until_signal(coroutine: Any, on_stop: Any) -> int:
     return EXIT_OK
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: SimpleNamespace) -> int:
     """``serve``, ``serve-admin``, ``serve-nats``: runs go into the project's Dagster instance (the UI shows them)."""
     settings = Settings.from_env()
     from kryten_pipeline.admin_app import check_admin_settings

@@ -125,3 +125,62 @@ def test_exit_codes_for_configuration_errors_and_unknown_status(tmp_path: Path) 
     unknown = cli(tmp_path, "status", NATS_URL="nats://127.0.0.1:9")
     assert unknown.returncode == 3, unknown.stderr
     assert unknown.stderr.startswith("error: cannot tell: cannot connect to NATS") and "NATS_URL" in unknown.stderr
+
+
+@pytest.mark.slow
+def test_refresh_draws_live_progress_on_a_terminal_and_plain_lines_elsewhere(tmp_path: Path) -> None:
+    """On a terminal (a pseudo-terminal here) the steps are a live rich display; the summary on stdout stays
+    plain. In a pipe, each event is one plain line (the other tests read those)."""
+    import pty
+    import select
+    import shutil
+
+    command = shutil.which("kryten-pipeline", path=str(Path(sys.executable).parent))
+    assert command
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("KRYTEN_", "NATS_", "MEDIACMS_"))}
+    environ.pop("DAGSTER_HOME", None)
+    environ.update({"KRYTEN_DATA_DIR": str(tmp_path / "data"), "TERM": "xterm", "COLUMNS": "120"})
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([command, "refresh"], cwd=tmp_path, env=environ, stdout=subprocess.PIPE,
+                            stderr=terminal, text=True)
+    os.close(terminal)
+    drawn = b""
+    while True:
+        ready, _, _ = select.select([controller], [], [], 240)
+        assert ready, "no output from the refresh"
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed: the process ended
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(controller)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    screen = drawn.decode("utf-8", "replace")
+    assert "\x1b[" in screen  # cursor control: a live display, redrawn in place
+    assert "✔ raw_catalog" in screen and "✔ kv_published " in screen
+    assert "check kv_current_matches_sqlite: passed" in screen
+    assert "result: ok" in stdout and "\x1b[" not in stdout
+
+
+def test_shell_completion_of_commands_and_choices() -> None:
+    """What the README's `eval "$(_KRYTEN_PIPELINE_COMPLETE=bash_source kryten-pipeline)"` relies on."""
+    import shutil
+
+    command = shutil.which("kryten-pipeline", path=str(Path(sys.executable).parent))
+    assert command
+
+    def complete(words: str, index: int) -> list[str]:
+        env = {**os.environ, "_KRYTEN_PIPELINE_COMPLETE": "bash_complete", "COMP_WORDS": words,
+               "COMP_CWORD": str(index)}
+        done = subprocess.run([command], env=env, capture_output=True, text=True, timeout=60, check=True)
+        return [line.split(",", 1)[1] for line in done.stdout.splitlines()]
+
+    script = subprocess.run([command], env={**os.environ, "_KRYTEN_PIPELINE_COMPLETE": "bash_source"},
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "_kryten_pipeline_completion()" in script
+    assert complete("kryten-pipeline ref", 1) == ["refresh"]
+    assert complete("kryten-pipeline serve", 1) == ["serve", "serve-admin", "serve-nats"]
+    assert complete("kryten-pipeline refresh --source m", 3) == ["mediacms", "mediacms-db"]
