@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,6 +31,10 @@ class SourceReject:
 
     record: str
     reason: str
+
+
+# What a connector reports its progress to: a mapping of its figures so far (requests, pages, items, …).
+ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 @runtime_checkable

@@ -31,6 +31,7 @@ from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.namespaces import validate_namespace
 from kryten_pipeline.snapshot_diff import SnapshotDiff, diff_attached
 from kryten_pipeline.snapshot_id import is_snapshot_id
+from kryten_pipeline.sqlite_readonly import open_readonly
 from kryten_pipeline.titles import readable_title
 
 if TYPE_CHECKING:
@@ -356,11 +357,6 @@ def _flush(conn: sqlite3.Connection, batch: list[tuple[Any, ...]], links: list[t
 
 def _meta_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-def open_readonly(path: Path) -> sqlite3.Connection:
-    """Open a snapshot file the way readers must: read-only, never creating it."""
-    return sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, isolation_level=None)
 
 
 def read_snapshot_meta(path: Path) -> dict[str, str] | None:

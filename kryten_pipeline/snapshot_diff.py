@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kryten_pipeline.sqlite_readonly import open_readonly
+
 KINDS = ("added", "removed", "retitled", "recategorised", "retimed")
 SAMPLE_SIZE = 5
 
@@ -97,8 +99,6 @@ def _sample(kind: str, row: tuple[Any, ...]) -> dict[str, Any]:
 
 def diff_snapshot_files(old_path: Path | None, new_path: Path) -> SnapshotDiff:
     """Diff two snapshot files (both opened read-only); ``old_path`` None means "no previous snapshot"."""
-    from kryten_pipeline.snapshot_db import open_readonly  # snapshot_db imports this module
-
     conn = open_readonly(Path(new_path))
     try:
         to_id = _snapshot_id(conn, "main")

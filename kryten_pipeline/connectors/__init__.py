@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from kryten_pipeline.catalog_item import CatalogConnector
+from kryten_pipeline.catalog_item import CatalogConnector, ProgressCallback
 from kryten_pipeline.errors import ConfigurationError
 from kryten_pipeline.settings import Settings
 
-ProgressCallback = Callable[[dict[str, Any]], None]
+__all__ = ["ProgressCallback", "make_connector"]
 
 
 def make_connector(settings: Settings, *, namespace: str = "default",

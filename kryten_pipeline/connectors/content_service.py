@@ -30,8 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import grpc
 import grpc.aio
 
-from kryten_pipeline.catalog_item import CatalogItem, SourceReject
-from kryten_pipeline.connectors import ProgressCallback
+from kryten_pipeline.catalog_item import CatalogItem, ProgressCallback, SourceReject
 from kryten_pipeline.errors import ConfigurationError, SourceError
 from kryten_pipeline.proto_gen.kryten.contentservice.v1 import content_pb2, content_pb2_grpc
 from kryten_pipeline.retry_policy import RetryPolicy, TransientFailure

@@ -44,12 +44,10 @@ from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 import httpx
 
 from kryten_pipeline import jsonfast
-from kryten_pipeline.catalog_item import CatalogItem, SourceReject
+from kryten_pipeline.catalog_item import CatalogItem, ProgressCallback, SourceReject
 from kryten_pipeline.errors import ConfigurationError, SourceError
 from kryten_pipeline.retry_policy import RetryPolicy, TransientFailure
 from kryten_pipeline.settings import Settings
-
-ProgressCallback = Callable[[dict[str, Any]], None]
 
 #: MediaCMS ≥ 7.2 cuts /media and /search lists at this many rows (``count`` never exceeds it there).
 LISTING_CAP = 1000

@@ -26,8 +26,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 
-from kryten_pipeline.catalog_item import CatalogItem, SourceReject
-from kryten_pipeline.connectors import ProgressCallback
+from kryten_pipeline.catalog_item import CatalogItem, ProgressCallback, SourceReject
 from kryten_pipeline.connectors.mediacms import PlayablePolicy
 from kryten_pipeline.errors import ConfigurationError, SourceError
 from kryten_pipeline.settings import Settings
