@@ -34,23 +34,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kryten_pipeline.connectors.fake import FakeConnector  # noqa: E402
-from kryten_pipeline.embedded_nats import start_nats_server  # noqa: E402
-from kryten_pipeline.follower import InstallTarget  # noqa: E402
-from kryten_pipeline.kv_store import snapshot_store  # noqa: E402
+from kryten_pipeline.delivery.follower import InstallTarget  # noqa: E402
+from kryten_pipeline.kv.embedded_nats import start_nats_server  # noqa: E402
+from kryten_pipeline.kv.object_store import object_name  # noqa: E402
+from kryten_pipeline.kv.store import snapshot_store  # noqa: E402
 from kryten_pipeline.manifest import build_manifest_url  # noqa: E402
-from kryten_pipeline.object_store import object_name  # noqa: E402
 from kryten_pipeline.settings import Settings  # noqa: E402
-from kryten_pipeline.snapshot_db import build_snapshot_db, install_snapshot  # noqa: E402
-from kryten_pipeline.snapshot_id import iso_utc, new_snapshot_id  # noqa: E402
+from kryten_pipeline.snapshot.files import build_snapshot_db, install_snapshot  # noqa: E402
+from kryten_pipeline.snapshot.ids import iso_utc, new_snapshot_id  # noqa: E402
 
 KRYTEN = str(Path(sys.executable).with_name("kryten-pipeline"))
 
 PUT_CHILD = r"""
 import asyncio, json, sys, time
 from pathlib import Path
-from kryten_pipeline.kv_store import snapshot_store
+from kryten_pipeline.kv.store import snapshot_store
 from kryten_pipeline.settings import Settings
-from kryten_pipeline.snapshot_db import file_sha256
+from kryten_pipeline.snapshot.files import file_sha256
 
 url, kv, bucket, name, path = sys.argv[1:6]
 settings = Settings.from_mapping({"nats_url": url, "kv_bucket": kv, "object_bucket": bucket})

@@ -73,8 +73,8 @@ def run_full_refresh(url: str, token: str | None, data_dir: Path, *, concurrency
     from kryten_pipeline.connectors.mediacms import MediaCMSConnector
     from kryten_pipeline.gc_tuning import bulk_work
     from kryten_pipeline.manifest import manifest_base_from
-    from kryten_pipeline.snapshot_db import build_snapshot_db, rows_from_frame
-    from kryten_pipeline.snapshot_id import new_snapshot_id
+    from kryten_pipeline.snapshot.files import build_snapshot_db, rows_from_frame
+    from kryten_pipeline.snapshot.ids import new_snapshot_id
     from kryten_pipeline.validation import validate_items
 
     connector = MediaCMSConnector(url, token=token, concurrency=concurrency)
@@ -111,7 +111,7 @@ def run_full_refresh(url: str, token: str | None, data_dir: Path, *, concurrency
 def part_refresh(args: argparse.Namespace) -> dict[str, Any]:
     # Imports first: interpreter and library start-up is not part of a refresh's cost.
     import kryten_pipeline.connectors.mediacms
-    import kryten_pipeline.snapshot_db
+    import kryten_pipeline.snapshot.files
     import kryten_pipeline.validation  # noqa: F401
 
     data_dir = Path(args.data_dir)
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
                              "the same catalog size read straight from PostgreSQL")
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONHASHSEED", "0")
-    from kryten_pipeline.embedded_nats import start_nats_server
+    from kryten_pipeline.kv.embedded_nats import start_nats_server
 
     results = []
     with tempfile.TemporaryDirectory(prefix="kryten-bench-nats-") as nats_dir:

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kryten_pipeline.snapshot_db import live_db_path  # noqa: E402
+from kryten_pipeline.snapshot.files import live_db_path  # noqa: E402
 from kryten_pipeline_tests.snapshot_readers import ReaderPool, latency_ms  # noqa: E402
 from kryten_pipeline_tests.test_readers_under_swap import install_fake_snapshot  # noqa: E402
 

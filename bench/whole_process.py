@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
               f"(CPU {d['min_cpu_s']:.2f} s), {d['peak_rss_mb']:.0f} MB; the sample refresh is "
               f"{sample['refresh']['wall_s'] / d['wall_s']:.2f}x that")
     if args.sizes:
-        from kryten_pipeline.embedded_nats import start_nats_server
+        from kryten_pipeline.kv.embedded_nats import start_nats_server
 
         with tempfile.TemporaryDirectory(prefix="kryten-bench-nats-") as nats_dir:
             nats = start_nats_server(Path(nats_dir))

@@ -341,7 +341,7 @@ def _print_refresh_summary(summary: dict[str, Any]) -> None:
 
 def cmd_status(args: SimpleNamespace) -> int:
     settings, namespace = _settings_and_namespace(args.namespace)
-    from kryten_pipeline.snapshot_status import read_snapshot_status
+    from kryten_pipeline.snapshot.status import read_snapshot_status
 
     try:
         payload = asyncio.run(read_snapshot_status(settings, namespace))
@@ -371,8 +371,8 @@ def cmd_status(args: SimpleNamespace) -> int:
 
 def cmd_snapshots(args: SimpleNamespace) -> int:
     settings, namespace = _settings_and_namespace(args.namespace)
-    from kryten_pipeline.kv_store import snapshot_store
-    from kryten_pipeline.snapshot_db import list_kept_snapshots, live_db_path, read_snapshot_meta
+    from kryten_pipeline.kv.store import snapshot_store
+    from kryten_pipeline.snapshot.files import list_kept_snapshots, live_db_path, read_snapshot_meta
 
     async def read() -> tuple[list[dict[str, Any]], str | None]:
         async with snapshot_store(settings) as store:
@@ -414,8 +414,8 @@ def cmd_snapshots(args: SimpleNamespace) -> int:
 
 def cmd_rollback(args: SimpleNamespace) -> int:
     settings, namespace = _settings_and_namespace(args.namespace)
-    from kryten_pipeline.rollback import rollback_to
-    from kryten_pipeline.snapshot_id import is_snapshot_id
+    from kryten_pipeline.snapshot.ids import is_snapshot_id
+    from kryten_pipeline.snapshot.rollback import rollback_to
 
     if not is_snapshot_id(args.to):
         raise ConfigurationError(f"{args.to!r} is not a snapshot id (like 20251218T123456Z-7f3a9c)")
@@ -430,9 +430,9 @@ def cmd_rollback(args: SimpleNamespace) -> int:
 
 def cmd_diff(args: SimpleNamespace) -> int:
     settings, namespace = _settings_and_namespace(args.namespace)
-    from kryten_pipeline.snapshot_db import kept_snapshot_path, list_kept_snapshots, live_db_path, read_snapshot_meta
-    from kryten_pipeline.snapshot_diff import KINDS, diff_snapshot_files
-    from kryten_pipeline.snapshot_id import is_snapshot_id
+    from kryten_pipeline.snapshot.diff import KINDS, diff_snapshot_files
+    from kryten_pipeline.snapshot.files import kept_snapshot_path, list_kept_snapshots, live_db_path, read_snapshot_meta
+    from kryten_pipeline.snapshot.ids import is_snapshot_id
 
     kept = list_kept_snapshots(settings.data_dir, namespace)
     live_id = (read_snapshot_meta(live_db_path(settings.data_dir, namespace)) or {}).get("snapshot_id")
@@ -461,8 +461,8 @@ def cmd_diff(args: SimpleNamespace) -> int:
 
 def cmd_search(args: SimpleNamespace) -> int:
     settings, namespace = _settings_and_namespace(args.namespace)
-    from kryten_pipeline.search import search_catalog
-    from kryten_pipeline.snapshot_db import live_db_path
+    from kryten_pipeline.snapshot.files import live_db_path
+    from kryten_pipeline.snapshot.search import search_catalog
 
     live = live_db_path(settings.data_dir, namespace)
     if not live.exists():
@@ -566,7 +566,7 @@ def cmd_pull(args: SimpleNamespace) -> int:
 def cmd_follow(args: SimpleNamespace) -> int:
     """``follow`` (until stopped, or ``--once``) and ``pull``: snapshots from NATS installed at ``--to``."""
     settings, namespace = _settings_and_namespace(args.namespace)
-    from kryten_pipeline.follower import (
+    from kryten_pipeline.delivery.follower import (
         Follower,
         InstallTarget,
         describe_hook,
@@ -575,7 +575,7 @@ def cmd_follow(args: SimpleNamespace) -> int:
         run_hook,
         terminal_progress,
     )
-    from kryten_pipeline.snapshot_id import is_snapshot_id
+    from kryten_pipeline.snapshot.ids import is_snapshot_id
 
     snapshot_id = getattr(args, "snapshot", None)
     if snapshot_id is not None and not is_snapshot_id(snapshot_id):
@@ -632,8 +632,8 @@ def _run_until_signal(coroutine: Any, on_stop: Any) -> int:
 def cmd_serve(args: SimpleNamespace) -> int:
     """``serve``, ``serve-admin``, ``serve-nats``: runs go into the project's Dagster instance (the UI shows them)."""
     settings = Settings.from_env()
-    from kryten_pipeline.admin_app import check_admin_settings
-    from kryten_pipeline.serving import serve
+    from kryten_pipeline.triggers.admin_app import check_admin_settings
+    from kryten_pipeline.triggers.serving import serve
 
     if args.admin:
         check_admin_settings(settings)  # refuse before opening anything

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kryten_pipeline.embedded_nats import RunningNatsServer, start_nats_server
+from kryten_pipeline.kv.embedded_nats import RunningNatsServer, start_nats_server
 from kryten_pipeline.settings import Settings
 from kryten_pipeline_tests.redis_fixtures import redis_server, stream_key  # noqa: F401  (shared fixtures)
 

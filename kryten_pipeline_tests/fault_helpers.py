@@ -24,17 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from kryten_pipeline.connectors.fake import FakeConnector
-from kryten_pipeline.embedded_nats import find_nats_server_binary, nats_url_answers
-from kryten_pipeline.kv_store import snapshot_store
-from kryten_pipeline.recovery import kept_file_problems
+from kryten_pipeline.kv.embedded_nats import find_nats_server_binary, nats_url_answers
+from kryten_pipeline.kv.store import snapshot_store
 from kryten_pipeline.settings import Settings
-from kryten_pipeline.snapshot_db import (
+from kryten_pipeline.snapshot.files import (
     list_kept_snapshots,
     live_db_path,
     namespace_dir,
     verify_snapshot_db,
 )
-from kryten_pipeline.snapshot_status import read_snapshot_status
+from kryten_pipeline.snapshot.recovery import kept_file_problems
+from kryten_pipeline.snapshot.status import read_snapshot_status
 
 CLI_TIMEOUT_S = 240
 TEMP_FILE = re.compile(r"\.tmp\b|\.tmp\.|\.copy$|\.download$|-journal$")

@@ -15,7 +15,7 @@ from kryten_pipeline.dagster_defs.io_manager import CatalogIOManager
 from kryten_pipeline.dagster_defs.jobs import REFRESH_JOB_NAME, drift_check_job, refresh_job
 from kryten_pipeline.dagster_defs.partitions import register_namespaces
 from kryten_pipeline.dagster_defs.resources import CatalogSourceResource, NatsResource, PipelineResource
-from kryten_pipeline.kv_store import CurrentEntry, snapshot_store
+from kryten_pipeline.kv.store import CurrentEntry, snapshot_store
 from kryten_pipeline.settings import Settings
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}

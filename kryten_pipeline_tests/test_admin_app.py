@@ -18,10 +18,10 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from kryten_pipeline.admin_app import MAX_BODY_BYTES, AdminServer, build_admin_app
 from kryten_pipeline.errors import ConfigurationError
-from kryten_pipeline.refresh_triggers import RefreshLauncher
 from kryten_pipeline.settings import Settings
+from kryten_pipeline.triggers.admin_app import MAX_BODY_BYTES, AdminServer, build_admin_app
+from kryten_pipeline.triggers.refresh import RefreshLauncher
 from kryten_pipeline_tests.tls_helpers import make_pki
 
 TOKEN = "admin-token-0123456789abcdef"

@@ -18,11 +18,11 @@ from dagster._daemon.types import DaemonHeartbeat
 from kryten_pipeline.dagster_defs.backfills import BATCH_TAG
 from kryten_pipeline.dagster_defs.instance import resolve_dagster_home
 from kryten_pipeline.dagster_defs.partitions import register_namespaces
-from kryten_pipeline.embedded_nats import RunningNatsServer
-from kryten_pipeline.refresh_triggers import RefreshLauncher
+from kryten_pipeline.kv.embedded_nats import RunningNatsServer
 from kryten_pipeline.settings import Settings
-from kryten_pipeline.snapshot_db import kept_snapshot_path, namespace_lock, verify_snapshot_db
-from kryten_pipeline.snapshot_status import read_snapshot_status
+from kryten_pipeline.snapshot.files import kept_snapshot_path, namespace_lock, verify_snapshot_db
+from kryten_pipeline.snapshot.status import read_snapshot_status
+from kryten_pipeline.triggers.refresh import RefreshLauncher
 from kryten_pipeline_tests.pipeline_helpers import PipelineEnv
 from kryten_pipeline_tests.test_cli import cli
 

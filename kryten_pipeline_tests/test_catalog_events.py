@@ -13,7 +13,6 @@ import dagster as dg
 import pytest
 import redis
 
-from kryten_pipeline.catalog_events import CatalogEventStream, CoalescingState, parse_event
 from kryten_pipeline.dagster_defs.automation_resources import CatalogEventsResource
 from kryten_pipeline.dagster_defs.jobs import REFRESH_JOB_NAME
 from kryten_pipeline.dagster_defs.partitions import register_namespaces
@@ -25,7 +24,8 @@ from kryten_pipeline.dagster_defs.sensors import (
     catalog_events_ack,
     catalog_updated_events,
 )
-from kryten_pipeline.embedded_nats import RunningNatsServer
+from kryten_pipeline.kv.embedded_nats import RunningNatsServer
+from kryten_pipeline.triggers.catalog_events import CatalogEventStream, CoalescingState, parse_event
 from kryten_pipeline_tests.pipeline_helpers import QUIET, PipelineEnv
 from kryten_pipeline_tests.redis_fixtures import RunningRedis
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kryten_pipeline.snapshot_db import live_db_path
+from kryten_pipeline.snapshot.files import live_db_path
 
 SNAPSHOT_LINE = re.compile(r"^snapshot_id: (\d{8}T\d{6}Z-[0-9a-f]{6})$", re.M)
 

@@ -16,11 +16,11 @@ import dagster as dg
 import pytest
 
 from kryten_pipeline.dagster_defs.partitions import register_namespaces
-from kryten_pipeline.embedded_nats import RunningNatsServer
 from kryten_pipeline.errors import StaleSnapshotError
-from kryten_pipeline.kv_store import current_key, snapshot_store
+from kryten_pipeline.kv.embedded_nats import RunningNatsServer
+from kryten_pipeline.kv.store import current_key, snapshot_store
 from kryten_pipeline.settings import Settings
-from kryten_pipeline.snapshot_db import file_sha256, kept_snapshot_path, list_kept_snapshots, read_snapshot_meta
+from kryten_pipeline.snapshot.files import file_sha256, kept_snapshot_path, list_kept_snapshots, read_snapshot_meta
 from kryten_pipeline_tests.fault_helpers import (
     cli_environment,
     kept_files_violations,

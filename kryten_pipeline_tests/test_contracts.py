@@ -15,7 +15,7 @@ from kryten_pipeline.manifest import (
     manifest_base_from,
     manifest_urls,
 )
-from kryten_pipeline.snapshot_id import is_snapshot_id, new_snapshot_id, snapshot_time
+from kryten_pipeline.snapshot.ids import is_snapshot_id, new_snapshot_id, snapshot_time
 
 KV_KEY_RE = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from kryten_pipeline.embedded_nats import RunningNatsServer
+from kryten_pipeline.kv.embedded_nats import RunningNatsServer
 from kryten_pipeline_tests.cli_zygote import Zygote
 from kryten_pipeline_tests.fault_helpers import (
     cli_environment,

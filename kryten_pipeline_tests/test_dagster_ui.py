@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from kryten_pipeline.embedded_nats import RunningNatsServer
+from kryten_pipeline.kv.embedded_nats import RunningNatsServer
 from kryten_pipeline_tests.test_code_server import (
     PROJECT_ROOT,
     ManagedProcess,

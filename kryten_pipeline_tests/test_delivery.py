@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from kryten_pipeline.follower import InstallTarget
-from kryten_pipeline.kv_store import snapshot_store
-from kryten_pipeline.object_store import object_name
-from kryten_pipeline.snapshot_db import file_sha256, kept_snapshot_path, live_db_path
+from kryten_pipeline.delivery.follower import InstallTarget
+from kryten_pipeline.kv.object_store import object_name
+from kryten_pipeline.kv.store import snapshot_store
+from kryten_pipeline.snapshot.files import file_sha256, kept_snapshot_path, live_db_path
 from kryten_pipeline_tests.cli_zygote import Zygote
 from kryten_pipeline_tests.fault_helpers import (
     NatsProcess,

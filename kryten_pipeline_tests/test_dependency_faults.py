@@ -22,7 +22,7 @@ from typing import Any
 import nats
 import pytest
 
-from kryten_pipeline.snapshot_db import live_db_path
+from kryten_pipeline.snapshot.files import live_db_path
 from kryten_pipeline_tests.cli_zygote import Zygote
 from kryten_pipeline_tests.fake_mediacms import FakeMediaCMS, generate_catalog
 from kryten_pipeline_tests.fault_helpers import (

@@ -27,7 +27,7 @@ from dagster._cli import cli as dagster_cli  # the click group behind the `dagst
 
 from kryten_pipeline import cli
 from kryten_pipeline.dagster_defs.jobs import REFRESH_JOB_NAME
-from kryten_pipeline.embedded_nats import start_nats_server
+from kryten_pipeline.kv.embedded_nats import start_nats_server
 from kryten_pipeline_tests.pg_fixtures import PostgresServer, running_postgres, skip_without_postgres
 from kryten_pipeline_tests.test_code_server import (
     DEPLOY_DIR,

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from kryten_pipeline import embedded_nats
-from kryten_pipeline.embedded_nats import (
+from kryten_pipeline.errors import NatsUnavailableError
+from kryten_pipeline.kv import embedded_nats
+from kryten_pipeline.kv.embedded_nats import (
     EmbeddedNats,
     find_nats_server_binary,
     nats_url_answers,
     start_nats_server,
 )
-from kryten_pipeline.errors import NatsUnavailableError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ USER_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from kryten_pipeline.embedded_nats import EmbeddedNats
+    from kryten_pipeline.kv.embedded_nats import EmbeddedNats
 
     embedded = EmbeddedNats(Path(sys.argv[1]))
     url = embedded.acquire()

@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 import pytest
 from nats.js.errors import BucketNotFoundError
 
-from kryten_pipeline import embedded_nats
-from kryten_pipeline.embedded_nats import find_nats_server_binary, nats_url_answers
 from kryten_pipeline.errors import ConfigurationError, NatsUnavailableError, PublishError, StaleSnapshotError
-from kryten_pipeline.kv_store import (
+from kryten_pipeline.kv import embedded_nats
+from kryten_pipeline.kv.embedded_nats import find_nats_server_binary, nats_url_answers
+from kryten_pipeline.kv.store import (
     NatsConnectionSettings,
     SnapshotStore,
     _CurrentState,
@@ -31,7 +31,7 @@ from kryten_pipeline.kv_store import (
     snapshot_store,
 )
 from kryten_pipeline.settings import Settings
-from kryten_pipeline.snapshot_id import iso_utc, new_snapshot_id
+from kryten_pipeline.snapshot.ids import iso_utc, new_snapshot_id
 
 T = TypeVar("T")
 BASE = datetime(2025, 12, 18, 12, 0, 0, tzinfo=UTC)

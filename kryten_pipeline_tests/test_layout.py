@@ -69,5 +69,5 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 
 def test_no_import_cycles() -> None:
     graph = module_imports()
-    assert "kryten_pipeline.snapshot_db" in graph and "kryten_pipeline.connectors.mediacms" in graph
+    assert "kryten_pipeline.snapshot.files" in graph and "kryten_pipeline.connectors.mediacms" in graph
     assert cycles(graph) == []

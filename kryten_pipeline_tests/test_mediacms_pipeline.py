@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from kryten_pipeline.embedded_nats import RunningNatsServer
-from kryten_pipeline.snapshot_db import live_db_path
+from kryten_pipeline.kv.embedded_nats import RunningNatsServer
+from kryten_pipeline.snapshot.files import live_db_path
 from kryten_pipeline_tests.fake_mediacms import FakeCatalog, FakeMediaCMS, generate_catalog
 from kryten_pipeline_tests.pipeline_helpers import PipelineEnv, failure_descriptions
 

@@ -12,9 +12,9 @@ import pytest
 
 from kryten_pipeline.dagster_defs.checks import kv_current_matches_sqlite
 from kryten_pipeline.dagster_defs.partitions import register_namespaces
-from kryten_pipeline.embedded_nats import RunningNatsServer
-from kryten_pipeline.kv_store import current_key, snapshot_store
-from kryten_pipeline.snapshot_db import live_db_path, read_snapshot_meta
+from kryten_pipeline.kv.embedded_nats import RunningNatsServer
+from kryten_pipeline.kv.store import current_key, snapshot_store
+from kryten_pipeline.snapshot.files import live_db_path, read_snapshot_meta
 from kryten_pipeline_tests.pipeline_helpers import (
     QUIET,
     PipelineEnv,

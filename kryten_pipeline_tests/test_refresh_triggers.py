@@ -14,11 +14,11 @@ import httpx
 import nats
 import pytest
 
-from kryten_pipeline.admin_app import AdminServer
-from kryten_pipeline.embedded_nats import RunningNatsServer
 from kryten_pipeline.errors import ConfigurationError
-from kryten_pipeline.refresh_triggers import RefreshLauncher, command_subject, run_command_responder
+from kryten_pipeline.kv.embedded_nats import RunningNatsServer
 from kryten_pipeline.settings import Settings
+from kryten_pipeline.triggers.admin_app import AdminServer
+from kryten_pipeline.triggers.refresh import RefreshLauncher, command_subject, run_command_responder
 from kryten_pipeline_tests.pipeline_helpers import PipelineEnv
 from kryten_pipeline_tests.test_cli import cli
 

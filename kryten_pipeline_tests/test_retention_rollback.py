@@ -16,9 +16,9 @@ from kryten_pipeline.dagster_defs.maintenance import (
     rollback_job,
 )
 from kryten_pipeline.dagster_defs.resources import NatsResource, PipelineResource
-from kryten_pipeline.embedded_nats import RunningNatsServer
-from kryten_pipeline.retention import snapshots_to_keep
-from kryten_pipeline.snapshot_db import list_kept_snapshots
+from kryten_pipeline.kv.embedded_nats import RunningNatsServer
+from kryten_pipeline.snapshot.files import list_kept_snapshots
+from kryten_pipeline.snapshot.retention import snapshots_to_keep
 from kryten_pipeline_tests.pipeline_helpers import QUIET, PipelineEnv
 
 

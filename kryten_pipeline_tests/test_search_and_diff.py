@@ -9,10 +9,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kryten_pipeline.search import build_match_query, search_catalog
-from kryten_pipeline.snapshot_db import build_snapshot_db, install_snapshot, live_db_path, read_snapshot_meta
-from kryten_pipeline.snapshot_diff import diff_snapshot_files
-from kryten_pipeline.titles import readable_title
+from kryten_pipeline.snapshot.diff import diff_snapshot_files
+from kryten_pipeline.snapshot.files import build_snapshot_db, install_snapshot, live_db_path, read_snapshot_meta
+from kryten_pipeline.snapshot.search import build_match_query, search_catalog
+from kryten_pipeline.snapshot.titles import readable_title
 
 CATALOG: list[tuple[Any, ...]] = [
     ("bhd2001", "Black.Hawk.Down.[2001].mp4", ["Film", "War"], 8640),

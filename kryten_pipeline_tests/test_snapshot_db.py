@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kryten_pipeline.errors import SnapshotBuildError, StaleSnapshotError
-from kryten_pipeline.snapshot_db import (
+from kryten_pipeline.snapshot.files import (
     REQUIRED_META_KEYS,
     build_snapshot_db,
     install_kept_snapshot,

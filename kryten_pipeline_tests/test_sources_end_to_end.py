@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from kryten_pipeline.embedded_nats import RunningNatsServer
-from kryten_pipeline.snapshot_db import live_db_path
+from kryten_pipeline.kv.embedded_nats import RunningNatsServer
+from kryten_pipeline.snapshot.files import live_db_path
 from kryten_pipeline_tests.pg_fixtures import fill_mediacms_catalog, running_postgres, skip_without_postgres
 from kryten_pipeline_tests.pipeline_helpers import PipelineEnv, check_results, failure_descriptions
 from kryten_pipeline_tests.test_content_service_connector import (

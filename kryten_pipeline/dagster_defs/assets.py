@@ -35,7 +35,8 @@ from kryten_pipeline.dagster_defs.resources import (
 from kryten_pipeline.errors import KrytenError, SnapshotBuildError, StaleSnapshotError, ValidationThresholdError
 from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.gc_tuning import bulk_work
-from kryten_pipeline.kv_store import (
+from kryten_pipeline.kv.object_store import StoredObject, object_name
+from kryten_pipeline.kv.store import (
     CurrentEntry,
     PublishResult,
     current_key,
@@ -44,10 +45,9 @@ from kryten_pipeline.kv_store import (
     snapshot_value,
 )
 from kryten_pipeline.manifest import manifest_base_from
-from kryten_pipeline.object_store import StoredObject, object_name
-from kryten_pipeline.recovery import Reconciliation, reconcile_live_with_current
 from kryten_pipeline.settings import Settings
-from kryten_pipeline.snapshot_db import (
+from kryten_pipeline.snapshot.diff import KINDS, SnapshotDiff
+from kryten_pipeline.snapshot.files import (
     BuiltSnapshot,
     build_snapshot_db,
     install_snapshot,
@@ -57,8 +57,8 @@ from kryten_pipeline.snapshot_db import (
     read_snapshot_meta,
     rows_from_frame,
 )
-from kryten_pipeline.snapshot_diff import KINDS, SnapshotDiff
-from kryten_pipeline.snapshot_id import iso_utc, new_snapshot_id
+from kryten_pipeline.snapshot.ids import iso_utc, new_snapshot_id
+from kryten_pipeline.snapshot.recovery import Reconciliation, reconcile_live_with_current
 from kryten_pipeline.validation import (
     VALIDATED_SCHEMA,
     ItemColumns,
@@ -225,8 +225,9 @@ def raw_catalog(
     try:
         settings = kryten_settings(pipeline, catalog_source, nats)
         connector = make_connector(settings, namespace=namespace, progress=_progress_logger(context))
-        # Under the refresh lock: undo what a killed refresh or rollback left half done (kryten_pipeline.recovery);
-        # this also fails the run early, before any build, when NATS cannot be reached.
+        # Under the refresh lock: undo what a killed refresh or rollback left half done
+        # (kryten_pipeline.snapshot.recovery); this also fails the run early, before any build, when NATS cannot be
+        # reached.
         recovery = asyncio.run(_reconcile(settings, namespace))
         if recovery.action != "none":
             context.log.warning(f"recovery: {recovery.detail}")
@@ -619,7 +620,7 @@ def kv_published(
 def _apply_retention(settings: Settings, namespace: str, context: dg.AssetExecutionContext) -> dict[str, Any]:
     """Keep the newest KRYTEN_KEEP_SNAPSHOTS snapshots (files and KV records). The publish already
     succeeded, so a failure here is reported, not fatal: the next publish or `prune_snapshots` retries."""
-    from kryten_pipeline.retention import apply_retention
+    from kryten_pipeline.snapshot.retention import apply_retention
 
     try:
         pruned = asyncio.run(apply_retention(settings, namespace))

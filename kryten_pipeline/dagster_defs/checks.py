@@ -7,14 +7,14 @@ from typing import Any, NoReturn
 
 import dagster as dg
 
-from kryten_pipeline.consistency import ConsistencyReport, compare_current_with_sqlite
 from kryten_pipeline.dagster_defs.assets import kv_published
 from kryten_pipeline.dagster_defs.partitions import namespace_partitions, registered_namespaces
 from kryten_pipeline.dagster_defs.presentation import failure, markdown_table
 from kryten_pipeline.dagster_defs.resources import NatsResource, PipelineResource, kryten_settings
 from kryten_pipeline.errors import KrytenError
-from kryten_pipeline.kv_store import snapshot_store
+from kryten_pipeline.kv.store import snapshot_store
 from kryten_pipeline.settings import Settings
+from kryten_pipeline.snapshot.consistency import ConsistencyReport, compare_current_with_sqlite
 
 
 async def read_consistency(settings: Settings, namespace: str) -> ConsistencyReport:

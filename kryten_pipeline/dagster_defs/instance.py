@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from kryten_pipeline.snapshot_db import ensure_dir
+from kryten_pipeline.snapshot.files import ensure_dir
 
 INSTANCE_DIR = ".dagster"
 

@@ -15,10 +15,10 @@ from kryten_pipeline.dagster_defs.presentation import failure
 from kryten_pipeline.dagster_defs.resources import NatsResource, PipelineResource, kryten_settings
 from kryten_pipeline.errors import ConfigurationError, KrytenError
 from kryten_pipeline.namespaces import validate_namespace
-from kryten_pipeline.retention import apply_retention
-from kryten_pipeline.rollback import rollback_to
-from kryten_pipeline.snapshot_db import namespace_lock
-from kryten_pipeline.snapshot_id import is_snapshot_id
+from kryten_pipeline.snapshot.files import namespace_lock
+from kryten_pipeline.snapshot.ids import is_snapshot_id
+from kryten_pipeline.snapshot.retention import apply_retention
+from kryten_pipeline.snapshot.rollback import rollback_to
 
 ROLLBACK_JOB_NAME = "rollback"
 PRUNE_JOB_NAME = "prune_snapshots"

@@ -21,7 +21,7 @@ from kryten_pipeline.dagster_defs.run_liveness import fail_runs_of_dead_processe
 from kryten_pipeline.dagster_defs.setting_fields import SettingsResource, setting
 from kryten_pipeline.errors import ConfigurationError
 from kryten_pipeline.settings import SPEC_BY_FIELD, Settings, load_dotenv_file
-from kryten_pipeline.snapshot_db import namespace_lock
+from kryten_pipeline.snapshot.files import namespace_lock
 
 PARTITION_TAG = "dagster/partition"
 

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from kryten_pipeline.catalog_events import CatalogEventStream, CoalescingState, NamespaceBurst
 from kryten_pipeline.dagster_defs.automation_resources import CatalogEventsResource
 from kryten_pipeline.dagster_defs.jobs import REFRESH_JOB_NAME, refresh_job
 from kryten_pipeline.dagster_defs.partitions import configured_namespaces, register_namespaces, registered_namespaces
@@ -16,6 +15,7 @@ from kryten_pipeline.dagster_defs.resources import PipelineResource, kryten_sett
 from kryten_pipeline.dagster_defs.run_liveness import fail_runs_of_dead_processes
 from kryten_pipeline.errors import KrytenError
 from kryten_pipeline.settings import SPEC_BY_FIELD, Settings, load_dotenv_file
+from kryten_pipeline.triggers.catalog_events import CatalogEventStream, CoalescingState, NamespaceBurst
 
 
 @dg.sensor(

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kryten_pipeline.snapshot_db import file_sha256, live_db_path, open_readonly, read_snapshot_meta
+from kryten_pipeline.snapshot.files import file_sha256, live_db_path, open_readonly, read_snapshot_meta
 
 
 @dataclass(slots=True)

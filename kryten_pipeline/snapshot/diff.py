@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kryten_pipeline.sqlite_readonly import open_readonly
+from kryten_pipeline.snapshot.readonly import open_readonly
 
 KINDS = ("added", "removed", "retitled", "recategorised", "retimed")
 SAMPLE_SIZE = 5

@@ -34,7 +34,6 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from kryten_pipeline.embedded_nats import EmbeddedNats
 from kryten_pipeline.errors import (
     ConfigurationError,
     NatsUnavailableError,
@@ -42,12 +41,13 @@ from kryten_pipeline.errors import (
     StaleSnapshotError,
 )
 from kryten_pipeline.fault_points import fault_point
+from kryten_pipeline.kv.embedded_nats import EmbeddedNats
+from kryten_pipeline.kv.nats_errors import NATS_FAILURES, is_limit_error, is_transient
+from kryten_pipeline.kv.nats_errors import describe_nats_error as _describe
+from kryten_pipeline.kv.object_store import SnapshotObjectStore
 from kryten_pipeline.namespaces import validate_namespace
-from kryten_pipeline.nats_errors import NATS_FAILURES, is_limit_error, is_transient
-from kryten_pipeline.nats_errors import describe_nats_error as _describe
-from kryten_pipeline.object_store import SnapshotObjectStore
 from kryten_pipeline.settings import Settings
-from kryten_pipeline.snapshot_id import is_snapshot_id
+from kryten_pipeline.snapshot.ids import is_snapshot_id
 
 __all__ = [
     "BUCKET_HISTORY",

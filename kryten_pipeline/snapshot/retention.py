@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kryten_pipeline.fault_points import fault_point
-from kryten_pipeline.kv_store import SnapshotStore, snapshot_store
-from kryten_pipeline.object_store import object_name
+from kryten_pipeline.kv.object_store import object_name
+from kryten_pipeline.kv.store import SnapshotStore, snapshot_store
 from kryten_pipeline.settings import Settings
-from kryten_pipeline.snapshot_db import (
+from kryten_pipeline.snapshot.files import (
     list_kept_snapshots,
     live_db_path,
     namespace_lock,

@@ -28,12 +28,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kryten_pipeline.delivery import restore_kept_file
+from kryten_pipeline.delivery.fetch import restore_kept_file
 from kryten_pipeline.errors import KrytenError, StaleSnapshotError
 from kryten_pipeline.fault_points import fault_point
-from kryten_pipeline.kv_store import SnapshotStore, snapshot_value
-from kryten_pipeline.object_store import object_name
-from kryten_pipeline.snapshot_db import (
+from kryten_pipeline.kv.object_store import object_name
+from kryten_pipeline.kv.store import SnapshotStore, snapshot_value
+from kryten_pipeline.snapshot.files import (
     copy_published_file,
     file_sha256,
     install_kept_snapshot,

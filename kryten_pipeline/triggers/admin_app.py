@@ -8,7 +8,7 @@ arrive in time, 413 for a body over ``MAX_BODY_BYTES`` (no route takes one), 503
 Malformed HTTP is answered 400 by uvicorn itself. The work is asynchronous: a slow client holds a coroutine,
 never a thread, and a ``wait=true`` request waits on the run without blocking the others.
 
-Refreshes run in :class:`~kryten_pipeline.refresh_triggers.RefreshLauncher`'s child processes, recorded in the
+Refreshes run in :class:`~kryten_pipeline.triggers.refresh.RefreshLauncher`'s child processes, recorded in the
 Dagster instance. ``KRYTEN_ADMIN_TLS_CERT``/``KRYTEN_ADMIN_TLS_KEY`` make uvicorn serve HTTPS.
 """
 
@@ -34,9 +34,9 @@ from starlette.routing import Route
 
 from kryten_pipeline.errors import ConfigurationError, KrytenError
 from kryten_pipeline.namespaces import validate_namespace
-from kryten_pipeline.refresh_triggers import TRUE_WORDS, RefreshLauncher, run_outcome, tag_value
 from kryten_pipeline.settings import Settings
-from kryten_pipeline.snapshot_status import read_snapshot_status
+from kryten_pipeline.snapshot.status import read_snapshot_status
+from kryten_pipeline.triggers.refresh import TRUE_WORDS, RefreshLauncher, run_outcome, tag_value
 
 logger = logging.getLogger(__name__)
 

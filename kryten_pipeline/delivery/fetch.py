@@ -22,9 +22,9 @@ from typing import Any
 
 from kryten_pipeline.errors import DeliveryError
 from kryten_pipeline.fault_points import fault_point
-from kryten_pipeline.kv_store import SnapshotStore
-from kryten_pipeline.object_store import STALL_TIMEOUT_S
-from kryten_pipeline.snapshot_db import (
+from kryten_pipeline.kv.object_store import STALL_TIMEOUT_S
+from kryten_pipeline.kv.store import SnapshotStore
+from kryten_pipeline.snapshot.files import (
     FILE_MODE,
     PUBLISHED_FILE_MODE,
     ensure_dir,
@@ -32,7 +32,7 @@ from kryten_pipeline.snapshot_db import (
     kept_snapshot_path,
     verify_snapshot_db,
 )
-from kryten_pipeline.snapshot_id import is_snapshot_id
+from kryten_pipeline.snapshot.ids import is_snapshot_id
 
 __all__ = ["DOWNLOAD_SUFFIX", "FetchedSnapshot", "fetch_snapshot_file", "remove_stale_downloads",
            "restore_kept_file"]

@@ -9,8 +9,8 @@ interleave: the pipeline resource holds the namespace's refresh lock for the who
   ``{"correlation_id", "namespace", "requested_by", "wait"}``; reply
   ``{"correlation_id", "status": "ok"|"error"|"accepted", "snapshot_id", "run_id", "error", "namespace"}``.
 - HTTP (seed 000 REQ-001): ``POST /refresh?namespace=NS[&wait=true]``, ``GET /status?namespace=NS``,
-  ``GET /runs/RUN_ID``, ``GET /healthz``; bearer token ``KRYTEN_ADMIN_TOKEN``: ``kryten_pipeline.admin_app``.
-``kryten_pipeline.serving`` runs both.
+  ``GET /runs/RUN_ID``, ``GET /healthz``; bearer token ``KRYTEN_ADMIN_TOKEN``: ``kryten_pipeline.triggers.admin_app``.
+``kryten_pipeline.triggers.serving`` runs both.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from kryten_pipeline.embedded_nats import EmbeddedNats
 from kryten_pipeline.errors import ConfigurationError, KrytenError, NatsUnavailableError
-from kryten_pipeline.kv_store import NatsConnectionSettings, connect_nats, redact_url
+from kryten_pipeline.kv.embedded_nats import EmbeddedNats
+from kryten_pipeline.kv.store import NatsConnectionSettings, connect_nats, redact_url
 from kryten_pipeline.namespaces import validate_namespace
 from kryten_pipeline.settings import Settings
 

@@ -45,9 +45,9 @@ from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE, O
 
 from kryten_pipeline.errors import ConfigurationError, DeliveryError, NatsUnavailableError, PublishError
 from kryten_pipeline.fault_points import fault_point
+from kryten_pipeline.kv.nats_errors import NATS_FAILURES, describe_nats_error, is_limit_error
 from kryten_pipeline.namespaces import validate_namespace
-from kryten_pipeline.nats_errors import NATS_FAILURES, describe_nats_error, is_limit_error
-from kryten_pipeline.snapshot_id import is_snapshot_id
+from kryten_pipeline.snapshot.ids import is_snapshot_id
 
 __all__ = [
     "CHUNK_SIZE",

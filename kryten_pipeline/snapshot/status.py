@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from kryten_pipeline.consistency import compare_current_with_sqlite
 from kryten_pipeline.errors import ConfigurationError
-from kryten_pipeline.kv_store import SnapshotStore, snapshot_store
+from kryten_pipeline.kv.store import SnapshotStore, snapshot_store
 from kryten_pipeline.settings import Settings
+from kryten_pipeline.snapshot.consistency import compare_current_with_sqlite
 
 
 async def read_snapshot_status(settings: Settings, namespace: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ journal files to it. Installing is one ``rename`` of the link: atomic. A reader 
 keeps reading a complete old snapshot; a fresh open gets the new one.
 
 Every install is verified first (size and sha256 against the KV record, ``PRAGMA integrity_check``,
-``snapshot_meta.snapshot_id``, see :mod:`kryten_pipeline.delivery`); until then nothing at ``PATH`` changes.
+``snapshot_meta.snapshot_id``, see :mod:`kryten_pipeline.delivery.fetch`); until then nothing at ``PATH`` changes.
 """
 
 from __future__ import annotations
@@ -39,14 +39,14 @@ from typing import Any
 import nats.errors
 from nats.js.kv import KV_DEL, KV_PURGE
 
-from kryten_pipeline.delivery import FetchedSnapshot, fetch_snapshot_file, remove_stale_downloads
+from kryten_pipeline.delivery.fetch import FetchedSnapshot, fetch_snapshot_file, remove_stale_downloads
+from kryten_pipeline.delivery.playlist_profile import apply_profile
 from kryten_pipeline.errors import ConfigurationError, DeliveryError, KrytenError, NatsUnavailableError
-from kryten_pipeline.kv_store import SnapshotStore, current_key, nats_connection, redact_url
-from kryten_pipeline.nats_errors import NATS_FAILURES, describe_nats_error
-from kryten_pipeline.playlist_profile import apply_profile
+from kryten_pipeline.kv.nats_errors import NATS_FAILURES, describe_nats_error
+from kryten_pipeline.kv.store import SnapshotStore, current_key, nats_connection, redact_url
 from kryten_pipeline.settings import SETTINGS, Settings
-from kryten_pipeline.snapshot_db import fsync_dir, open_readonly
-from kryten_pipeline.snapshot_id import SNAPSHOT_ID_PATTERN, is_snapshot_id
+from kryten_pipeline.snapshot.files import fsync_dir, open_readonly
+from kryten_pipeline.snapshot.ids import SNAPSHOT_ID_PATTERN, is_snapshot_id
 
 __all__ = ["Follower", "InstallReport", "InstallTarget", "pull_snapshot"]
 

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 from kryten_pipeline.errors import SnapshotBuildError, StaleSnapshotError
 from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.namespaces import validate_namespace
-from kryten_pipeline.snapshot_diff import SnapshotDiff, diff_attached
-from kryten_pipeline.snapshot_id import is_snapshot_id
-from kryten_pipeline.sqlite_readonly import open_readonly
-from kryten_pipeline.titles import readable_title
+from kryten_pipeline.snapshot.diff import SnapshotDiff, diff_attached
+from kryten_pipeline.snapshot.ids import is_snapshot_id
+from kryten_pipeline.snapshot.readonly import open_readonly
+from kryten_pipeline.snapshot.titles import readable_title
 
 if TYPE_CHECKING:
     import pandas as pd  # only to name the frame type: `status`, `search` and `follow` never load pandas

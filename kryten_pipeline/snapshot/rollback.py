@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kryten_pipeline.delivery import restore_kept_file
+from kryten_pipeline.delivery.fetch import restore_kept_file
 from kryten_pipeline.errors import KrytenError, PublishError, SnapshotBuildError
-from kryten_pipeline.kv_store import snapshot_store
+from kryten_pipeline.kv.store import snapshot_store
 from kryten_pipeline.settings import Settings
-from kryten_pipeline.snapshot_db import (
+from kryten_pipeline.snapshot.files import (
     file_sha256,
     install_kept_snapshot,
     kept_snapshot_path,

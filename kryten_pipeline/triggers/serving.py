@@ -8,9 +8,9 @@ import signal
 import sys
 from typing import Any
 
-from kryten_pipeline.admin_app import AdminServer
-from kryten_pipeline.refresh_triggers import RefreshLauncher, run_command_responder
 from kryten_pipeline.settings import Settings
+from kryten_pipeline.triggers.admin_app import AdminServer
+from kryten_pipeline.triggers.refresh import RefreshLauncher, run_command_responder
 
 
 def serve(settings: Settings, instance: Any, *, admin: bool, nats: bool) -> None:
