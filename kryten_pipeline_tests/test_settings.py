@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 
@@ -33,10 +34,41 @@ def test_every_setting_is_a_field_of_exactly_one_resource_with_the_same_default(
         assert len(owners.get(spec.field, [])) == 1, f"{spec.env} must be on exactly one resource"
 
 
-def test_every_setting_is_documented_in_the_readme() -> None:
+# Settings whose README default names what an unset value means rather than a literal.
+DERIVED_DEFAULTS = {"KRYTEN_EXPORT_PATH": "shipped sample", "KRYTEN_MANIFEST_BASE_URL": "`MEDIACMS_URL` as https"}
+
+
+def readme_configuration_rows() -> dict[str, str]:
+    """Variable → its default cell, from the README's configuration table (a row may list several variables,
+    e.g. `NATS_TLS_CA` / `NATS_TLS_CERT`, or suffixes of the first one: `CONTENT_SERVICE_TLS_CA` / `_TLS_CERT`)."""
     text = README.read_text(encoding="utf-8")
-    missing = [spec.env for spec in SETTINGS if spec.env not in text and spec.env.split("_TLS_")[0] not in text]
-    assert not missing, f"README lacks {missing}"
+    table = text[text.index("| variable | default | meaning |"):]
+    table = table[: table.index("\n\n")]
+    rows: dict[str, str] = {}
+    for line in table.splitlines()[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        names = re.findall(r"`([A-Z0-9_]+)`", cells[0])
+        for name in names:
+            full = names[0].rsplit(name.split("_", 2)[1], 1)[0].rstrip("_") + name if name.startswith("_") else name
+            assert full not in rows, f"{full} has two rows in the README's configuration table"
+            rows[full] = cells[1]
+    return rows
+
+
+def test_the_readme_configuration_table_matches_the_declarations() -> None:
+    rows = readme_configuration_rows()
+    missing = [spec.env for spec in SETTINGS if spec.env not in rows]
+    assert not missing, f"the README's configuration table lacks {missing}"
+    for spec in SETTINGS:
+        cell = rows[spec.env]
+        if spec.env in DERIVED_DEFAULTS:
+            assert cell == DERIVED_DEFAULTS[spec.env], spec.env
+        elif spec.default is None:
+            assert cell.startswith("—"), f"{spec.env} has no default, the README says {cell!r}"
+        else:
+            assert f"`{spec.default}`" in cell, f"{spec.env} defaults to {spec.default!r}, the README says {cell!r}"
+    unknown = set(rows) - {spec.env for spec in SETTINGS}
+    assert not unknown, f"the README documents variables no setting declares: {sorted(unknown)}"
 
 
 def test_resources_take_typed_values_from_the_environment_and_name_a_bad_variable() -> None:
