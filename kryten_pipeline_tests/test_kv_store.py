@@ -20,12 +20,11 @@ from nats.js.errors import BucketNotFoundError
 
 from kryten_pipeline.errors import ConfigurationError, NatsUnavailableError, PublishError, StaleSnapshotError
 from kryten_pipeline.kv import embedded_nats
+from kryten_pipeline.kv.connection import NatsConnectionSettings, connect_nats
 from kryten_pipeline.kv.embedded_nats import find_nats_server_binary, nats_url_answers
 from kryten_pipeline.kv.store import (
-    NatsConnectionSettings,
     SnapshotStore,
     _CurrentState,
-    connect_nats,
     current_key,
     snapshot_key,
     snapshot_store,

@@ -42,8 +42,9 @@ from nats.js.kv import KV_DEL, KV_PURGE
 from kryten_pipeline.delivery.fetch import FetchedSnapshot, fetch_snapshot_file, remove_stale_downloads
 from kryten_pipeline.delivery.playlist_profile import apply_profile
 from kryten_pipeline.errors import ConfigurationError, DeliveryError, KrytenError, NatsUnavailableError
+from kryten_pipeline.kv.connection import nats_connection, redact_url
 from kryten_pipeline.kv.nats_errors import NATS_FAILURES, describe_nats_error
-from kryten_pipeline.kv.store import SnapshotStore, current_key, nats_connection, redact_url
+from kryten_pipeline.kv.store import SnapshotStore, current_key
 from kryten_pipeline.settings import SETTINGS, Settings
 from kryten_pipeline.snapshot.files import fsync_dir, open_readonly
 from kryten_pipeline.snapshot.ids import SNAPSHOT_ID_PATTERN, is_snapshot_id

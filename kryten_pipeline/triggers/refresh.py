@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kryten_pipeline.errors import ConfigurationError, KrytenError, NatsUnavailableError
+from kryten_pipeline.kv.connection import NatsConnectionSettings, connect_nats, redact_url
 from kryten_pipeline.kv.embedded_nats import EmbeddedNats
-from kryten_pipeline.kv.store import NatsConnectionSettings, connect_nats, redact_url
 from kryten_pipeline.namespaces import validate_namespace
 from kryten_pipeline.settings import Settings
 
