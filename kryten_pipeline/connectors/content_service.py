@@ -209,10 +209,8 @@ class ContentServiceConnector:
         self._credentials = credentials
         self.transport = "plaintext" if credentials is None else transport
         self.chunk_limit = chunk_limit
-        self.max_retries = max_retries
         self.idle_timeout_s = idle_timeout_s
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
+        self._retry = RetryPolicy(max_retries, backoff_base_s, backoff_max_s)
         self.progress = progress
         self.label = f"content-service:{address} ({self.transport})"
         self.stats: dict[str, Any] = {}
@@ -287,14 +285,13 @@ class ContentServiceConnector:
             "items_per_s": 0.0,
         }
         mapping = _Mapping()
-        retry = RetryPolicy(self.max_retries, self.backoff_base_s, self.backoff_max_s)
         async with self._channel() as channel:
             stream = _CursorStream(self, content_pb2_grpc.ContentServiceStub(channel), self._metadata)
             try:
                 while True:
                     # Retried per chunk: the retries bound consecutive failures without a chunk received.
                     try:
-                        chunk = await retry.call(stream.next_chunk, on_retry=self._count_retry)
+                        chunk = await self._retry.call(stream.next_chunk, on_retry=self._count_retry)
                     except TransientFailure as exc:
                         raise SourceError(
                             f"the ContentService stream at {self.label} kept failing ({exc.problem}) after "

@@ -99,8 +99,6 @@ class MediaCMSConnector(MediaCMSHttp, MediaCMSListing, MediaCMSCategories):
         self.concurrency = max(1, int(concurrency))
         self.timeout = float(timeout)
         self.retries = max(0, int(retries))
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
         self._retry = RetryPolicy(self.retries, backoff_base, backoff_max)
         self._progress = progress
         self._transport = transport
