@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +185,35 @@ def test_shell_completion_of_commands_and_choices() -> None:
     assert complete("kryten-pipeline ref", 1) == ["refresh"]
     assert complete("kryten-pipeline serve", 1) == ["serve", "serve-admin", "serve-nats"]
     assert complete("kryten-pipeline refresh --source m", 3) == ["mediacms", "mediacms-db"]
+
+
+def test_config_shows_every_setting_its_origin_and_never_a_secret(tmp_path: Path) -> None:
+    command = shutil.which("kryten-pipeline", path=str(Path(sys.executable).parent))
+    assert command, "the package's console script is installed"
+    (tmp_path / ".env").write_text("KRYTEN_FAKE_ITEMS=12\nMEDIACMS_TOKEN=dotenv-s3cret\n", encoding="utf-8")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("KRYTEN_", "NATS_", "MEDIACMS_", "REDIS_"))}
+    environ |= {"KRYTEN_SOURCE": "fake", "NATS_PASSWORD": "env-s3cret"}
+
+    shown = subprocess.run([command, "config"], cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in shown.stdout.splitlines()[1:]}
+    assert rows["KRYTEN_SOURCE"] == ["environment", "fake"]
+    assert rows["KRYTEN_FAKE_ITEMS"] == [".env", "12"]
+    assert rows["KRYTEN_KEEP_SNAPSHOTS"] == ["default", "3"]
+    assert rows["MEDIACMS_TOKEN"] == [".env", "(set)"] and rows["NATS_PASSWORD"] == ["environment", "(set)"]
+    assert rows["NATS_TOKEN"] == ["default", "-"]
+    assert "s3cret" not in shown.stdout + shown.stderr
+
+    as_json = subprocess.run([command, "config", "--json"], cwd=tmp_path, env=environ, capture_output=True,
+                             text=True, timeout=60)
+    settings = {row["variable"]: row for row in json.loads(as_json.stdout)["settings"]}
+    assert settings["KRYTEN_FAKE_ITEMS"] == {"variable": "KRYTEN_FAKE_ITEMS", "value": 12, "secret": False,
+                                             "set": True, "from": ".env"}
+    assert settings["MEDIACMS_TOKEN"]["value"] is None and settings["MEDIACMS_TOKEN"]["set"] is True
+    assert settings["KRYTEN_NAMESPACES"]["value"] == ["default"]
+
+    bad = subprocess.run([command, "config"], cwd=tmp_path, env=environ | {"KRYTEN_KEEP_SNAPSHOTS": "0",
+                         "MEDIACMS_CONCURRENCY": "many"}, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert "KRYTEN_KEEP_SNAPSHOTS: must be at least 1, got 0" in bad.stderr
+    assert "MEDIACMS_CONCURRENCY: 'many' is not an integer" in bad.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import socket
@@ -83,12 +82,9 @@ def test_bucket_is_created_if_absent(nats_settings: Settings) -> None:
 
 
 def test_new_bucket_gets_the_configured_replicas(nats_settings: Settings) -> None:
-    settings = dataclasses.replace(
-        Settings.from_env({"KRYTEN_KV_REPLICAS": "1"}),
-        nats_url=nats_settings.nats_url,
-        kv_bucket=nats_settings.kv_bucket,
-        data_dir=nats_settings.data_dir,
-    )
+    settings = Settings.from_env({"KRYTEN_KV_REPLICAS": "1"}).model_copy(update={
+        "nats_url": nats_settings.nats_url, "kv_bucket": nats_settings.kv_bucket, "data_dir": nats_settings.data_dir,
+    })
     assert settings.kv_replicas == 1
 
     async def scenario() -> int:
@@ -105,7 +101,7 @@ def test_new_bucket_gets_the_configured_replicas(nats_settings: Settings) -> Non
 
 
 def test_more_replicas_than_servers_is_a_configuration_error(nats_settings: Settings) -> None:
-    settings = dataclasses.replace(nats_settings, kv_replicas=3)
+    settings = nats_settings.model_copy(update={"kv_replicas": 3})
 
     async def scenario() -> None:
         async with snapshot_store(settings):

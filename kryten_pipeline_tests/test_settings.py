@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import typing
 from pathlib import Path
 
 import dagster as dg
@@ -17,15 +16,14 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_every_setting_is_a_field_of_exactly_one_resource_with_the_same_default() -> None:
-    hints = typing.get_type_hints(Settings)
     owners: dict[str, list[str]] = {}
     for key, cls in RESOURCE_CLASSES.items():
         for name, field in cls.model_fields.items():
             owners.setdefault(name, []).append(key)
             spec = next(s for s in SETTINGS if s.field == name)
             # Typed as Settings types it (the launchpad shows a number as a number), described by its variable.
-            if hints[name] in (int, float, bool, int | None):
-                assert field.annotation == hints[name], name
+            if Settings.model_fields[name].annotation in (int, float, bool, int | None):
+                assert field.annotation == Settings.model_fields[name].annotation, name
                 assert field.default == getattr(Settings(), name), name
             else:
                 assert field.annotation in (str, str | None) and field.default == spec.default, name
@@ -105,3 +103,53 @@ def test_kryten_settings_merges_resources() -> None:
     resources = configured_resources({"KRYTEN_SOURCE": "fake"})
     settings = kryten_settings(resources["pipeline"], resources["nats"])
     assert settings.kv_bucket == "kryten_playlist_snapshot" and settings.nats_url is None
+
+
+def test_every_setting_is_declared_once_with_its_variable_type_default_help_and_secrecy() -> None:
+    envs = [spec.env for spec in SETTINGS]
+    assert len(envs) == len(set(envs)) == len(Settings.model_fields)
+    for name, info in Settings.model_fields.items():
+        extra = info.json_schema_extra
+        assert isinstance(extra, dict) and extra["env"] == info.validation_alias, name
+        assert info.description and info.annotation is not None, name
+        assert info.repr is not extra["secret"], f"{name}: a secret is kept out of repr, nothing else is"
+    secrets = {spec.env for spec in SETTINGS if spec.secret}
+    assert {"MEDIACMS_TOKEN", "MEDIACMS_PASSWORD", "NATS_PASSWORD", "REDIS_URL", "KRYTEN_ADMIN_TOKEN"} <= secrets
+    # Typed values by field name (a resource, a test), text from the environment by variable: the same rules.
+    from_env = Settings.from_env({"KRYTEN_KEEP_SNAPSHOTS": " 5 "})
+    assert Settings(keep_snapshots=5).keep_snapshots == from_env.keep_snapshots == 5
+    assert Settings().data_dir == Path("data") and Settings().namespaces == ["default"]
+
+
+def test_secrets_never_appear_in_the_settings_repr() -> None:
+    values = {spec.env: f"secret-value-{i}" for i, spec in enumerate(SETTINGS) if spec.secret}
+    shown = repr(Settings.from_env(values)) + str(Settings.from_env(values))
+    assert not [env for env, value in values.items() if value in shown]
+
+
+def test_every_invalid_value_is_reported_at_once_naming_its_variable() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({"MEDIACMS_TIMEOUT": "soon", "KRYTEN_MAX_REMOVED_RATIO": "1.5",
+                           "KRYTEN_REQUIRE_HTTPS_THUMBNAILS": "maybe", "KRYTEN_REFRESH_TIMEZONE": "Mars/Olympus"})
+    message = str(caught.value)
+    assert "MEDIACMS_TIMEOUT: 'soon' is not an integer" in message
+    assert "KRYTEN_MAX_REMOVED_RATIO: must be between 0 and 1, got 1.5" in message
+    assert "KRYTEN_REQUIRE_HTTPS_THUMBNAILS: 'maybe' is not true/false" in message
+    assert "KRYTEN_REFRESH_TIMEZONE: unknown timezone 'Mars/Olympus'" in message
+    assert caught.value.setting == "MEDIACMS_TIMEOUT"
+    with pytest.raises(ConfigurationError, match=r"unknown source 'ftp'.*KRYTEN_SOURCE"):
+        Settings.from_env({"KRYTEN_SOURCE": "ftp"})
+    with pytest.raises(ValueError, match="keep_snapshot"):
+        Settings(keep_snapshot=3)  # a misspelt field is refused, not ignored
+
+
+def test_a_resource_field_typed_unlike_its_setting_is_refused_when_the_class_is_defined() -> None:
+    from kryten_pipeline.dagster_defs.setting_fields import SettingsResource, setting
+
+    with pytest.raises(TypeError, match="keep_snapshots is declared <class 'str'>, its setting is <class 'int'>"):
+        class Mistyped(SettingsResource):
+            keep_snapshots: str = setting("keep_snapshots")
+
+    with pytest.raises(TypeError, match="not a setting"):
+        class Unknown(SettingsResource):
+            colour: str = "blue"

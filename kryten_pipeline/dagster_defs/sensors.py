@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 
@@ -193,11 +192,10 @@ def _catalog_events_ack(
     if not settings.redis_url:
         return dg.SkipReason("REDIS_URL is not set: nothing to acknowledge")
     # Acknowledge on the stream and group the run was requested from, even if the settings changed since.
-    settings = dataclasses.replace(
-        settings,
-        catalog_event_stream_key=run.tags.get(EVENT_STREAM_TAG, settings.catalog_event_stream_key),
-        event_group=run.tags.get(EVENT_GROUP_TAG, settings.event_group),
-    )
+    settings = settings.model_copy(update={
+        "catalog_event_stream_key": run.tags.get(EVENT_STREAM_TAG, settings.catalog_event_stream_key),
+        "event_group": run.tags.get(EVENT_GROUP_TAG, settings.event_group),
+    })
     with CatalogEventStream.from_settings(settings) as stream:
         acked = stream.ack_namespace_through(namespace, last_id)
     message = (f"run {run.run_id} refreshed {namespace!r}: acknowledged {len(acked)} pending entries "

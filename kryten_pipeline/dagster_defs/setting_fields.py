@@ -2,12 +2,12 @@
 its default and a description that names the environment variable feeding it.
 
 A field also accepts the setting's text form (``"3"``, ``"true"``), parsed by the very rules of ``Settings`` — an
-invalid value is refused with the message the CLI gives, naming the variable.
+invalid value is refused with the message the CLI gives, naming the variable. A resource class declaring a field
+with another type than its setting's fails when the class is defined.
 """
 
 from __future__ import annotations
 
-import typing
 from typing import Any
 
 import dagster as dg
@@ -16,13 +16,20 @@ from pydantic import Field, field_validator
 from kryten_pipeline.errors import ConfigurationError
 from kryten_pipeline.settings import SPEC_BY_FIELD, Settings
 
-_SETTING_TYPES = typing.get_type_hints(Settings)
+_TYPED = (int, float, bool, int | None, str, str | None)
 _DEFAULTS = Settings()
+
+
+def resource_type(name: str) -> Any:
+    """The type a resource field of setting ``name`` has: the setting's own, or text for a path or a list (a
+    launchpad field holds them as the environment does)."""
+    annotation = Settings.model_fields[name].annotation
+    return annotation if annotation in _TYPED else str
 
 
 def typed_default(name: str) -> Any:
     """The default of setting ``name`` as its resource field holds it: typed for numbers and flags, else text."""
-    if _SETTING_TYPES[name] in (int, float, bool):
+    if resource_type(name) in (int, float, bool):
         return getattr(_DEFAULTS, name)
     return SPEC_BY_FIELD[name].default
 
@@ -37,11 +44,21 @@ def setting(name: str) -> Any:
 class SettingsResource(dg.ConfigurableResource):
     """A resource whose fields are settings (see ``setting``)."""
 
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        for name, field in cls.model_fields.items():
+            if name not in SPEC_BY_FIELD:
+                raise TypeError(f"{cls.__name__}.{name} is not a setting of kryten_pipeline.settings.Settings")
+            if field.annotation != resource_type(name):
+                raise TypeError(f"{cls.__name__}.{name} is declared {field.annotation}, its setting is "
+                                f"{resource_type(name)}")
+
     @field_validator("*", mode="before")
     @classmethod
     def _parse_setting_text(cls, value: Any, info: Any) -> Any:
         name = info.field_name
-        if not isinstance(value, str) or _SETTING_TYPES.get(name) not in (int, float, bool, int | None):
+        if not isinstance(value, str) or resource_type(name) not in (int, float, bool, int | None):
             return value
         if not value.strip():
             return typed_default(name)
