@@ -15,7 +15,7 @@ import pytest
 from dagster._core.instance.ref import InstanceRef
 from dagster._daemon.types import DaemonHeartbeat
 
-from kryten_pipeline.dagster_defs.backfills import BATCH_TAG
+from kryten_pipeline.dagster_defs.backfills import BATCH_TAG, BackfillSubmitError, submit_refresh_backfill
 from kryten_pipeline.dagster_defs.instance import resolve_dagster_home
 from kryten_pipeline.dagster_defs.partitions import register_namespaces
 from kryten_pipeline.kv.embedded_nats import RunningNatsServer
@@ -79,6 +79,12 @@ def test_all_namespaces_with_a_daemon_submits_a_backfill(tmp_path: Path, monkeyp
     assert sorted(target.get_partitions_subset(dg.AssetKey("raw_catalog")).get_partition_keys()) == [
         "default", "kids", "music"]
     assert not instance.get_runs()  # the daemon launches the runs, not the CLI
+
+
+def test_a_backfill_dagster_refuses_fails_with_its_reason(tmp_path: Path) -> None:
+    home = resolve_dagster_home(tmp_path / "data")
+    with pytest.raises(BackfillSubmitError, match=r"Dagster refused the backfill: .*nowhere"):
+        submit_refresh_backfill(["nowhere"], tags={}, dagster_home=home)  # not a registered namespace
 
 
 # -- one namespace, two refreshes at once ------------------------------------------------------------------

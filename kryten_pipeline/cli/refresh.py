@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -102,7 +104,7 @@ def cmd_refresh_all(args: SimpleNamespace) -> int:
     if getattr(args, "allow_removals", False):
         tags["kryten/allow-removals"] = "true"
     if not args.in_process and backfill_daemon_running(instance):
-        backfill_id = submit_refresh_backfill(instance, namespaces, tags=tags)
+        backfill_id = submit_refresh_backfill(namespaces, tags=tags, dagster_home=Path(os.environ["DAGSTER_HOME"]))
         if args.json:
             print(json.dumps({"backfill_id": backfill_id, "namespaces": namespaces}))
         else:
