@@ -40,7 +40,8 @@ from kryten_pipeline.kv.object_store import object_name  # noqa: E402
 from kryten_pipeline.kv.store import snapshot_store  # noqa: E402
 from kryten_pipeline.manifest import build_manifest_url  # noqa: E402
 from kryten_pipeline.settings import Settings  # noqa: E402
-from kryten_pipeline.snapshot.files import build_snapshot_db, install_snapshot  # noqa: E402
+from kryten_pipeline.snapshot.build import build_snapshot_db  # noqa: E402
+from kryten_pipeline.snapshot.files import install_snapshot  # noqa: E402
 from kryten_pipeline.snapshot.ids import iso_utc, new_snapshot_id  # noqa: E402
 
 KRYTEN = str(Path(sys.executable).with_name("kryten-pipeline"))

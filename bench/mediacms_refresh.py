@@ -73,7 +73,7 @@ def run_full_refresh(url: str, token: str | None, data_dir: Path, *, concurrency
     from kryten_pipeline.connectors.mediacms import MediaCMSConnector
     from kryten_pipeline.gc_tuning import bulk_work
     from kryten_pipeline.manifest import manifest_base_from
-    from kryten_pipeline.snapshot.files import build_snapshot_db, rows_from_frame
+    from kryten_pipeline.snapshot.build import build_snapshot_db, rows_from_frame
     from kryten_pipeline.snapshot.ids import new_snapshot_id
     from kryten_pipeline.validation import validate_items
 

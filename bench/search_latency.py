@@ -25,7 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kryten_pipeline.connectors.fake import FakeConnector
-from kryten_pipeline.snapshot.files import build_snapshot_db, install_snapshot, rows_from_frame
+from kryten_pipeline.snapshot.build import build_snapshot_db, rows_from_frame
+from kryten_pipeline.snapshot.files import install_snapshot
 from kryten_pipeline.snapshot.search import search_catalog
 from kryten_pipeline.validation import append_item, empty_columns, validate_items
 

@@ -54,13 +54,13 @@ def test_bulk_work_restores_the_collector_and_still_collects_cycles() -> None:
 
 
 def test_progress_reaches_the_event_log_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kryten_pipeline.dagster_defs import assets
+    from kryten_pipeline.dagster_defs import asset_steps
 
     lines: list[str] = []
     context = SimpleNamespace(log=SimpleNamespace(info=lines.append))
     clock = [1000.0]
-    monkeypatch.setattr(assets.time, "monotonic", lambda: clock[0])
-    report = assets._progress_logger(context, interval=3.0)  # type: ignore[arg-type]
+    monkeypatch.setattr(asset_steps.time, "monotonic", lambda: clock[0])
+    report = asset_steps.progress_logger(context, interval=3.0)  # type: ignore[arg-type]
     for page in range(1, 101):  # 100 reports over 10 s
         report({"pages": page, "phase": "listing", "nested": {"ignored": 1}})
         clock[0] += 0.1

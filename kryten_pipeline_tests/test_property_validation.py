@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from kryten_pipeline.manifest import is_valid_video_id
-from kryten_pipeline.snapshot.files import build_snapshot_db, rows_from_frame, verify_snapshot_db
+from kryten_pipeline.snapshot.build import build_snapshot_db, rows_from_frame
+from kryten_pipeline.snapshot.files import verify_snapshot_db
 from kryten_pipeline.snapshot.search import search_catalog
 from kryten_pipeline.validation import (
     MAX_CATEGORIES_PER_ITEM,

@@ -13,7 +13,8 @@ import pytest
 
 from kryten_pipeline.connectors.fake import FakeConnector
 from kryten_pipeline.kv.embedded_nats import RunningNatsServer
-from kryten_pipeline.snapshot.files import build_snapshot_db, install_snapshot, live_db_path, rows_from_frame
+from kryten_pipeline.snapshot.build import build_snapshot_db, rows_from_frame
+from kryten_pipeline.snapshot.files import install_snapshot, live_db_path
 from kryten_pipeline.snapshot.ids import new_snapshot_id
 from kryten_pipeline.validation import items_to_columns, validate_items
 from kryten_pipeline_tests.fault_helpers import cli_environment, run_cli, settings_for, status_of

@@ -9,8 +9,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kryten_pipeline.snapshot.build import build_snapshot_db
 from kryten_pipeline.snapshot.diff import diff_snapshot_files
-from kryten_pipeline.snapshot.files import build_snapshot_db, install_snapshot, live_db_path, read_snapshot_meta
+from kryten_pipeline.snapshot.files import install_snapshot, live_db_path, read_snapshot_meta
 from kryten_pipeline.snapshot.search import build_match_query, search_catalog
 from kryten_pipeline.snapshot.titles import readable_title
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from kryten_pipeline.errors import SnapshotBuildError, StaleSnapshotError
+from kryten_pipeline.snapshot.build import build_snapshot_db
 from kryten_pipeline.snapshot.files import (
     REQUIRED_META_KEYS,
-    build_snapshot_db,
     install_kept_snapshot,
     install_snapshot,
     list_kept_snapshots,

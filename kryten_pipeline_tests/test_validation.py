@@ -147,7 +147,7 @@ def test_a_lone_surrogate_is_found_among_many_clean_values() -> None:
 
 
 def test_dagster_type_trusts_only_the_frame_validate_items_returned() -> None:
-    from kryten_pipeline.dagster_defs.assets import VALIDATED_ITEMS_TYPE
+    from kryten_pipeline.dagster_defs.asset_types import VALIDATED_ITEMS_TYPE
     from kryten_pipeline.validation import passed_validate_items
 
     frame = validate_items([good(i) for i in range(5)], manifest_base=BASE).frame

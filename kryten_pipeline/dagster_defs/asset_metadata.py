@@ -17,7 +17,7 @@ import dagster as dg
 import pandera.pandas as pa
 import sqlite_utils
 
-from kryten_pipeline.snapshot.files import catalog_item_ddl
+from kryten_pipeline.snapshot.build import catalog_item_ddl
 from kryten_pipeline.validation import VALIDATED_SCHEMA
 
 SNAPSHOT_TABLE = "catalog_item"

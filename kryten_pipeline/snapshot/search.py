@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kryten_pipeline.snapshot.files import FTS_TOKENIZER, open_readonly
+from kryten_pipeline.snapshot.build import FTS_TOKENIZER
+from kryten_pipeline.snapshot.files import open_readonly
 
 _CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")  # and lone surrogates: no UTF-8 form, never indexed
 _SURROGATE = re.compile("[\ud800-\udfff]")
