@@ -25,6 +25,8 @@ peak RSS ≤ 500 MB.
 
     .venv/bin/python bench/mediacms_refresh.py                  # 10k and 100k items, 20 categories
     .venv/bin/python bench/mediacms_refresh.py --sizes 2000     # a quick run
+    git worktree add /tmp/before REV && .venv/bin/python bench/mediacms_refresh.py --before /tmp/before
+                                                                # side by side with an earlier commit
 """
 
 from __future__ import annotations
@@ -216,10 +218,15 @@ def part_insert(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- driver
 
 
-def run_part(name: str, *extra: str) -> dict[str, Any]:
-    """Run one part once, in a fresh interpreter; return what it printed (JSON)."""
-    command = [sys.executable, str(Path(__file__).resolve()), f"_{name}", *extra]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+def run_part(name: str, *extra: str, before: Path | None = None) -> dict[str, Any]:
+    """Run one part once, in a fresh interpreter; return what it printed (JSON). With ``before`` (a checkout of
+    an earlier commit), that checkout's own bench script runs the part with its own code, on KV and Object Store
+    buckets of its own."""
+    script = (before.resolve() / "bench" / Path(__file__).name) if before else Path(__file__).resolve()
+    env = None if before is None else {**os.environ, "KRYTEN_KV_BUCKET": "kryten_bench_before",
+                                       "KRYTEN_OBJECT_BUCKET": "kryten_bench_before_files"}
+    command = [sys.executable, str(script), f"_{name}", *extra]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise SystemExit(f"part {name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -247,7 +254,7 @@ class Best:
 
 
 def bench_size(n_items: int, n_categories: int, *, concurrency: int, capped: bool, validate: bool,
-               repeat: int, titles: str, latency: float, nats_url: str) -> dict[str, Any]:
+               repeat: int, titles: str, latency: float, nats_url: str, before: Path | None = None) -> dict[str, Any]:
     from kryten_pipeline_tests.fake_mediacms import (
         CATEGORY_TITLES,
         PLAIN_CATEGORY_TITLES,
@@ -267,10 +274,18 @@ def bench_size(n_items: int, n_categories: int, *, concurrency: int, capped: boo
         common = ["--url", server.url, "--token", token, "--data-dir", str(tmpdir)]
         pipeline_args = [*common, "--nats-url", nats_url, "--concurrency", str(concurrency)]
 
+        # The earlier checkout's parts: the same server, data directories of their own.
+        old_common = ["--url", server.url, "--token", token, "--data-dir", str(tmpdir / "before")]
+        old_pipeline_args = [*old_common, "--nats-url", nats_url, "--concurrency", str(concurrency)]
+        (tmpdir / "before").mkdir()
+
         # Untimed: the previous snapshot of a steady-state refresh, and the server's caches of every list.
         warmup = run_part("pipeline", *pipeline_args)
+        if before is not None:
+            run_part("pipeline", *old_pipeline_args, before=before)
         server.reset_counts()
-        parts = {name: Best() for name in ("pipeline", "refresh", "reference", "listing", "insert")}
+        parts = {name: Best() for name in ("pipeline", "refresh", "reference", "listing", "insert",
+                                           "pipeline_before", "refresh_before")}
         refresh_requests: dict[str, Any] = {}
         for round_no in range(repeat):
             server.reset_counts()
@@ -293,7 +308,12 @@ def bench_size(n_items: int, n_categories: int, *, concurrency: int, capped: boo
             parts["reference"].add(run_part("reference", *common, "--urls-file", str(urls_file)))
             parts["listing"].add(run_part("reference", *common, "--urls-file", str(listing_file)))
             parts["insert"].add(run_part("insert", *common, "--rows-in", str(rows_file)))
-    results = {name: best.result() for name, best in parts.items()}
+            if before is not None:
+                parts["pipeline_before"].add(run_part("pipeline", *old_pipeline_args, before=before))
+                parts["refresh_before"].add(run_part(
+                    "refresh", *old_common, "--rows-out", str(tmpdir / "before" / "rows.jsonl"), "--concurrency",
+                    str(concurrency), *(["--validate"] if validate else []), before=before))
+    results = {name: best.result() for name, best in parts.items() if best.best is not None}
     results["refresh"].update(refresh_requests)
     floor = results["reference"]["wall_s"] + results["insert"]["wall_s"]
     strict_floor = results["listing"]["wall_s"] + results["insert"]["wall_s"]
@@ -306,6 +326,8 @@ def bench_size(n_items: int, n_categories: int, *, concurrency: int, capped: boo
         "ratio": round(results["pipeline"]["wall_s"] / floor, 2) if floor else None,
         "ratio_connector_and_build": round(results["refresh"]["wall_s"] / floor, 2) if floor else None,
         "ratio_vs_listing_only": round(results["pipeline"]["wall_s"] / strict_floor, 2) if strict_floor else None,
+        **({"before": {"checkout": str(before), "pipeline": results["pipeline_before"],
+                       "refresh": results["refresh_before"]}} if before is not None else {}),
     }
 
 
@@ -333,6 +355,12 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"ratio pipeline / (reference fetch + bare insert) = {result['ratio']}   (connector + build: "
           f"{result['ratio_connector_and_build']}; pipeline vs listing-only reference: "
           f"{result['ratio_vs_listing_only']})")
+    if "before" in result:
+        b = result["before"]
+        for label, now, old in (("pipeline before", p, b["pipeline"]), ("connector + build before", r, b["refresh"])):
+            print(f"{label:<34}{old['wall_s']:>9.2f}{'':>10}{old['peak_rss_mb']:>13.1f}   "
+                  f"now/before: wall {now['wall_s'] / old['wall_s']:.3f}, peak RSS "
+                  f"{now['peak_rss_mb'] / old['peak_rss_mb']:.3f}   (runs before: {old['runs_wall_s']})")
     print(f"pipeline steps (s): {p['steps_s']}; sqlite: {p['sqlite_timings']}")
     print(f"connector: {r['items']:,} items, endpoint {s['endpoint']}, pages {s['pages']}, category pages "
           f"{s['category_pages']} (capped categories {s['capped_categories']}, windows {s['window_pages']}), "
@@ -378,6 +406,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0,
                         help="seconds the fake server takes per answer (0: as fast as it can; a real MediaCMS "
                              "takes tens of ms per page)")
+    parser.add_argument("--before", type=Path, help="a checkout of an earlier commit (git worktree add DIR REV): its "
+                        "pipeline and connector parts run in the same rounds, against the same server, for a "
+                        "side-by-side comparison")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--with-db", action="store_true",
                         help="also run the mediacms-db source at the largest size (bench/mediacms_db_bench.py): "
@@ -393,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
             for size in args.sizes:
                 result = bench_size(size, args.categories, concurrency=args.concurrency, capped=not args.uncapped,
                                     validate=args.validate, repeat=args.repeat, titles=args.titles,
-                                    latency=args.latency, nats_url=nats.url)
+                                    latency=args.latency, nats_url=nats.url, before=args.before)
                 print_report(result)
                 results.append(result)
         finally:

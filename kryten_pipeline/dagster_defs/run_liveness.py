@@ -30,6 +30,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from kryten_pipeline.processes import start_time
+
 OWNERS_DIR = ".run-owners"
 _UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.NOT_STARTED]
 
@@ -43,28 +45,8 @@ class RunOwner:
     pid_start: str
 
     def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        now = _start_time(self.pid)
+        now = start_time(self.pid)
         return now is not None and (not self.pid_start or not now or now == self.pid_start)
-
-
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), telling a recycled pid apart; None if gone.
-
-    A zombie (killed, not yet reaped by its parent) is gone too: it executes nothing any more."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return ""  # no /proc: only the pid can be checked
-    fields = stat.rpartition(")")[2].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _owner_path(data_dir: Path, run_id: str) -> Path:
@@ -73,7 +55,7 @@ def _owner_path(data_dir: Path, run_id: str) -> Path:
 
 def this_process(run_id: str, namespace: str) -> RunOwner:
     pid = os.getpid()
-    return RunOwner(run_id, namespace, socket.gethostname(), pid, _start_time(pid) or "")
+    return RunOwner(run_id, namespace, socket.gethostname(), pid, start_time(pid) or "")
 
 
 @contextlib.contextmanager

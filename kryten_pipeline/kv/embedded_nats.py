@@ -33,6 +33,7 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 from kryten_pipeline.errors import NatsUnavailableError
+from kryten_pipeline.processes import pid_alive
 
 __all__ = [
     "EmbeddedNats",
@@ -289,23 +290,12 @@ class EmbeddedNats:
 
 def _pid_alive(pid: int) -> bool:
     child = _CHILDREN.get(pid)
-    if child is not None:
+    if child is not None:  # our own child: poll() also reaps it once it has exited
         if child.poll() is None:
             return True
         _CHILDREN.pop(pid, None)
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie answers kill(0) but is gone for our purposes.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+    return pid_alive(pid)
 
 
 def _is_nats_server(pid: int) -> bool:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from kryten_pipeline.errors import SnapshotBuildError, StaleSnapshotError
 from kryten_pipeline.fault_points import fault_point
 from kryten_pipeline.namespaces import validate_namespace
+from kryten_pipeline.processes import pid_alive
 from kryten_pipeline.snapshot.diff import SnapshotDiff
 from kryten_pipeline.snapshot.ids import is_snapshot_id
 from kryten_pipeline.snapshot.readonly import open_readonly
@@ -311,18 +312,6 @@ def copy_published_file(src: Path, dst: Path) -> None:
         unlink_quietly(tmp)
         raise
     fsync_dir(dst.parent)
-
-
-def pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def fsync_file(path: Path) -> None:
