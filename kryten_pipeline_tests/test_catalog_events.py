@@ -25,7 +25,8 @@ from kryten_pipeline.dagster_defs.sensors import (
     catalog_updated_events,
 )
 from kryten_pipeline.kv.embedded_nats import RunningNatsServer
-from kryten_pipeline.triggers.catalog_events import CatalogEventStream, CoalescingState, parse_event
+from kryten_pipeline.triggers.catalog_events import CatalogEventStream, CoalescingState
+from kryten_pipeline.triggers.event_entries import parse_event
 from kryten_pipeline_tests.pipeline_helpers import QUIET, PipelineEnv
 from kryten_pipeline_tests.redis_fixtures import RunningRedis
 

@@ -23,41 +23,31 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from kryten_pipeline.errors import ConfigurationError, EventStreamError, KrytenError
-from kryten_pipeline.namespaces import validate_namespace
+from kryten_pipeline.errors import ConfigurationError, EventStreamError
 from kryten_pipeline.settings import Settings
+from kryten_pipeline.triggers.event_entries import (
+    CatalogEvent,
+    MalformedEntry,
+    MalformedEventError,
+    clip_reason,
+    entry_text,
+    max_entry_id,
+    min_entry_id,
+    parse_event,
+)
 
 if TYPE_CHECKING:
     import redis
 
-__all__ = [
-    "ENTITIES",
-    "EVENT_TYPE",
-    "OPERATIONS",
-    "CatalogEvent",
-    "CatalogEventStream",
-    "MalformedEntry",
-    "MalformedEventError",
-    "ReadResult",
-    "entry_id_key",
-    "entry_ms",
-    "parse_event",
-]
+__all__ = ["CatalogEventStream", "CoalescingState", "NamespaceBurst", "ReadResult", "redact_redis_url"]
 
 logger = logging.getLogger(__name__)
 
-EVENT_TYPE = "catalog.updated"
-ENTITIES = frozenset({"category", "series", "season", "episode", "mediaAsset"})
-OPERATIONS = frozenset({"create", "update", "delete"})
-_ENVELOPE_FIELDS = ("event", "data", "message")
-_MAX_REASON_CHARS = 200
 _ACK_SCAN_PAGE = 200
 
 def _redis_failures() -> tuple[type[BaseException], ...]:
@@ -68,34 +58,6 @@ def _redis_failures() -> tuple[type[BaseException], ...]:
     import redis.exceptions
 
     return (redis.exceptions.RedisError, OSError)
-
-
-class MalformedEventError(ValueError):
-    """An entry that is not a valid ``catalog.updated`` event; the message is the reason."""
-
-
-@dataclass(frozen=True)
-class CatalogEvent:
-    """One valid ``catalog.updated`` event and the stream entry that carried it."""
-
-    entry_id: str
-    namespace: str
-    entity: str
-    entity_id: str
-    operation: str
-    timestamp: str
-    payload: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def entry_ms(self) -> int:
-        """When Redis stored the entry (milliseconds since the epoch, from the entry id)."""
-        return entry_ms(self.entry_id)
-
-
-@dataclass(frozen=True)
-class MalformedEntry:
-    entry_id: str
-    reason: str
 
 
 @dataclass
@@ -113,96 +75,6 @@ class ReadResult:
     @property
     def entries(self) -> int:
         return self.recovered + self.new + self.reclaimed
-
-
-def entry_id_key(entry_id: str) -> tuple[int, int]:
-    """Sort key of a stream entry id ``<ms>-<seq>``."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def entry_ms(entry_id: str) -> int:
-    return entry_id_key(entry_id)[0]
-
-
-def max_entry_id(*ids: str | None) -> str:
-    present = [i for i in ids if i]
-    return max(present, key=entry_id_key) if present else "0-0"
-
-
-def min_entry_id(*ids: str | None) -> str | None:
-    present = [i for i in ids if i]
-    return min(present, key=entry_id_key) if present else None
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 1] + "…"
-
-
-def parse_event(entry_id: str, fields: Mapping[Any, Any] | None, *, default_namespace: str) -> CatalogEvent:
-    """Validate one stream entry as a ``catalog.updated`` event; raise MalformedEventError with the reason."""
-    if not fields:
-        raise MalformedEventError("entry has no fields (deleted from the stream?)")
-    flat = {_text(k) or "": v for k, v in fields.items()}
-    event: dict[str, Any]
-    if "type" not in flat and len(flat) == 1 and next(iter(flat)) in _ENVELOPE_FIELDS:
-        (name, raw), = flat.items()
-        try:
-            decoded = json.loads(_text(raw) or "")
-        except ValueError as exc:
-            raise MalformedEventError(f"field {name!r} is not JSON: {exc}") from None
-        if not isinstance(decoded, dict):
-            raise MalformedEventError(f"field {name!r} does not hold a JSON object")
-        event = decoded
-    else:
-        event = {k: _text(v) for k, v in flat.items()}
-
-    kind = event.get("type")
-    if kind != EVENT_TYPE:
-        raise MalformedEventError(f"type is {kind!r}, expected {EVENT_TYPE!r}")
-    entity = event.get("entity")
-    if entity not in ENTITIES:
-        raise MalformedEventError(f"entity {entity!r} is not one of {', '.join(sorted(ENTITIES))}")
-    entity_id = event.get("entityId")
-    try:
-        uuid.UUID(str(entity_id))
-    except ValueError:
-        raise MalformedEventError(f"entityId {entity_id!r} is not a UUID") from None
-    operation = event.get("operation")
-    if operation not in OPERATIONS:
-        raise MalformedEventError(f"operation {operation!r} is not one of create, update, delete")
-    timestamp = event.get("timestamp")
-    try:
-        datetime.fromisoformat(str(timestamp))
-    except ValueError:
-        raise MalformedEventError(f"timestamp {timestamp!r} is not ISO 8601") from None
-    payload = event.get("payload", {})
-    if isinstance(payload, str):
-        try:
-            payload = json.loads(payload) if payload.strip() else {}
-        except ValueError as exc:
-            raise MalformedEventError(f"payload is not JSON: {exc}") from None
-    if payload is None:
-        payload = {}
-    if not isinstance(payload, dict):
-        raise MalformedEventError("payload is not a JSON object")
-    namespace = payload.get("namespace") or event.get("namespace") or default_namespace
-    try:
-        validate_namespace(str(namespace))
-    except KrytenError:
-        raise MalformedEventError(f"namespace {namespace!r} is not a valid namespace name") from None
-    return CatalogEvent(
-        entry_id=entry_id, namespace=str(namespace), entity=str(entity), entity_id=str(entity_id),
-        operation=str(operation), timestamp=str(timestamp), payload=payload,
-    )
 
 
 def redact_redis_url(url: str) -> str:
@@ -314,7 +186,7 @@ class CatalogEventStream:
                 answer = self.client.xautoclaim(
                     self.stream, self.group, self.consumer, self.claim_idle_ms, result.claim_cursor, count=budget,
                 )
-                result.claim_cursor = _text(answer[0]) or "0-0"
+                result.claim_cursor = entry_text(answer[0]) or "0-0"
                 reclaimed = list(answer[1])
                 # Redis ≥ 7 also reports (and drops from the pending list) entries deleted from the stream.
                 if len(answer) > 2 and answer[2]:
@@ -323,11 +195,11 @@ class CatalogEventStream:
         except _redis_failures() as exc:
             raise self._error("reading", exc) from None
         for entry_id, fields in (*recovered, *new, *reclaimed):
-            entry_id = _text(entry_id) or ""
+            entry_id = entry_text(entry_id) or ""
             try:
                 result.events.append(parse_event(entry_id, fields, default_namespace=self.default_namespace))
             except MalformedEventError as exc:
-                reason = _clip(str(exc))
+                reason = clip_reason(str(exc))
                 result.malformed.append(MalformedEntry(entry_id, reason))
                 to_ack.append(entry_id)
                 logger.warning("malformed catalog event %s on %s (acknowledged): %s", entry_id, self.label, reason)
@@ -339,7 +211,7 @@ class CatalogEventStream:
         answer = self.client.xreadgroup(self.group, self.consumer, {self.stream: start}, count=count)
         entries: list[tuple[str, Any]] = []
         for _stream, items in answer or []:
-            entries.extend((_text(entry_id) or "", fields) for entry_id, fields in items)
+            entries.extend((entry_text(entry_id) or "", fields) for entry_id, fields in items)
         return entries
 
     # -- acknowledging -----------------------------------------------------------------------------
@@ -372,7 +244,7 @@ class CatalogEventStream:
                 )
                 if not page:
                     break
-                ids = [_text(row["message_id"]) or "" for row in page]
+                ids = [entry_text(row["message_id"]) or "" for row in page]
                 scanned += len(ids)
                 pipe = self.client.pipeline(transaction=False)
                 for entry_id in ids:
@@ -417,7 +289,7 @@ class CatalogEventStream:
         except _redis_failures() as exc:
             raise self._error("listing pending entries", exc) from None
         return [
-            {"entry_id": _text(r["message_id"]), "consumer": _text(r["consumer"]),
+            {"entry_id": entry_text(r["message_id"]), "consumer": entry_text(r["consumer"]),
              "idle_ms": int(r["time_since_delivered"]), "deliveries": int(r["times_delivered"])}
             for r in rows
         ]
