@@ -103,22 +103,10 @@ def parse_event(entry_id: str, fields: Mapping[Any, Any] | None, *, default_name
     kind = event.get("type")
     if kind != EVENT_TYPE:
         raise MalformedEventError(f"type is {kind!r}, expected {EVENT_TYPE!r}")
-    entity = event.get("entity")
-    if entity not in ENTITIES:
-        raise MalformedEventError(f"entity {entity!r} is not one of {', '.join(sorted(ENTITIES))}")
-    entity_id = event.get("entityId")
-    try:
-        uuid.UUID(str(entity_id))
-    except ValueError:
-        raise MalformedEventError(f"entityId {entity_id!r} is not a UUID") from None
-    operation = event.get("operation")
-    if operation not in OPERATIONS:
-        raise MalformedEventError(f"operation {operation!r} is not one of create, update, delete")
-    timestamp = event.get("timestamp")
-    try:
-        datetime.fromisoformat(str(timestamp))
-    except ValueError:
-        raise MalformedEventError(f"timestamp {timestamp!r} is not ISO 8601") from None
+    entity = _one_of(event, "entity", ENTITIES, ", ".join(sorted(ENTITIES)))
+    entity_id = _parsed(event, "entityId", uuid.UUID, "a UUID")
+    operation = _one_of(event, "operation", OPERATIONS, "create, update, delete")
+    timestamp = _parsed(event, "timestamp", datetime.fromisoformat, "ISO 8601")
     payload = event.get("payload", {})
     if isinstance(payload, str):
         try:
@@ -138,3 +126,19 @@ def parse_event(entry_id: str, fields: Mapping[Any, Any] | None, *, default_name
         entry_id=entry_id, namespace=str(namespace), entity=str(entity), entity_id=str(entity_id),
         operation=str(operation), timestamp=str(timestamp), payload=payload,
     )
+
+
+def _one_of(event: Mapping[str, Any], name: str, allowed: frozenset[str], listed: str) -> Any:
+    value = event.get(name)
+    if value not in allowed:
+        raise MalformedEventError(f"{name} {value!r} is not one of {listed}")
+    return value
+
+
+def _parsed(event: Mapping[str, Any], name: str, parse: Any, what: str) -> Any:
+    value = event.get(name)
+    try:
+        parse(str(value))
+    except ValueError:
+        raise MalformedEventError(f"{name} {value!r} is not {what}") from None
+    return value
