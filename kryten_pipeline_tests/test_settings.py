@@ -79,6 +79,11 @@ def test_resources_take_typed_values_from_the_environment_and_name_a_bad_variabl
     assert "'three' is not an integer" in str(caught.value)
     with pytest.raises(ConfigurationError, match="KRYTEN_MAX_REMOVED_RATIO"):
         configured_resources({"KRYTEN_MAX_REMOVED_RATIO": "1.5"})
+    # Bad values of several resources are all named at once, as the CLI names them.
+    with pytest.raises(ConfigurationError) as several:
+        configured_resources({"KRYTEN_KEEP_SNAPSHOTS": "0", "MEDIACMS_TIMEOUT": "soon"})
+    assert str(several.value) == ("MEDIACMS_TIMEOUT: 'soon' is not an integer; "
+                                  "KRYTEN_KEEP_SNAPSHOTS: must be at least 1, got 0")
 
 
 def test_resources_bind_set_variables_with_envvar_and_never_hold_secret_values() -> None:
@@ -153,3 +158,21 @@ def test_a_resource_field_typed_unlike_its_setting_is_refused_when_the_class_is_
     with pytest.raises(TypeError, match="not a setting"):
         class Unknown(SettingsResource):
             colour: str = "blue"
+
+
+def test_invalid_values_stop_the_code_location_from_loading_naming_each_variable(tmp_path: Path) -> None:
+    """As the webserver and the daemon load it: Dagster's own validation of the code location."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    command = shutil.which("dagster", path=str(Path(sys.executable).parent))
+    assert command
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("KRYTEN_", "MEDIACMS_", "DAGSTER_HOME"))}
+    environ |= {"KRYTEN_KEEP_SNAPSHOTS": "0", "MEDIACMS_TIMEOUT": "soon", "KRYTEN_DATA_DIR": str(tmp_path / "data")}
+    loaded = subprocess.run([command, "definitions", "validate", "-m", "kryten_pipeline.definitions"], cwd=tmp_path,
+                            env=environ, capture_output=True, text=True, timeout=120)
+    assert loaded.returncode != 0
+    assert ("ConfigurationError: MEDIACMS_TIMEOUT: 'soon' is not an integer; KRYTEN_KEEP_SNAPSHOTS: must be at "
+            "least 1, got 0") in loaded.stdout + loaded.stderr

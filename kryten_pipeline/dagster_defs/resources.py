@@ -142,6 +142,8 @@ def configured_resources(environ: dict[str, str] | None = None) -> dict[str, Any
     if environ is None:
         load_dotenv_file()
         environ = dict(os.environ)
+    # Every invalid value at once, each named by its variable, as the CLI reports them.
+    Settings.from_env(environ)
     built: dict[str, dg.ConfigurableResource] = {}
     for key, cls in RESOURCE_CLASSES.items():
         kwargs: dict[str, Any] = {}
