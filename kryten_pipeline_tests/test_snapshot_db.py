@@ -202,3 +202,7 @@ def test_the_sqlite_utils_command_reads_a_published_file(tmp_path: Path) -> None
     assert [hit["video_id"] for hit in hits] == ["v00000", "v00003", "v00006", "v00009"]
     indexes = {row["index_name"] for row in run("indexes", str(live))}
     assert {"idx_catalog_title", "idx_catalog_snapshot", "idx_catalog_item_category_category"} <= indexes
+    # `sqlite-utils search` on the FTS table itself: its words, ranked as `kryten-pipeline search` ranks them.
+    searched = run("search", str(live), "catalog_fts", "cafe live", "-c", "video_id", "-c", "title")
+    assert [hit["video_id"] for hit in searched] == [hit["video_id"] for hit in hits]
+    assert all("café" in hit["title"] for hit in searched), searched  # "cafe" finds it: diacritics removed
