@@ -8,6 +8,7 @@ ticks under the daemon, which launches one check run per namespace.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import time
 import uuid
@@ -42,6 +43,8 @@ class GraphQL:
     def __init__(self, port: int, server: ManagedProcess) -> None:
         self.url = f"http://127.0.0.1:{port}/graphql"
         self.server = server
+        self.env: dict[str, str] = {}  # the environment of `dagster dev`, for CLI commands on the same instance
+        self.home = Path(".")
 
     def __call__(self, query: str, **variables: Any) -> dict[str, Any]:
         response = httpx.post(self.url, json={"query": query, "variables": variables}, timeout=60)
@@ -96,6 +99,10 @@ RESOURCE = """
 query($selector: ResourceSelector!) { topLevelResourceDetailsOrError(resourceSelector: $selector) {
   ... on ResourceDetails { configFields { name description configTypeKey } } } }
 """
+BACKFILL = """
+query($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename
+  ... on PartitionBackfill { status partitionNames runs { runId status tags { key value } } } } }
+"""
 SENSORS = """
 query($selector: RepositorySelector!) { sensorsOrError(repositorySelector: $selector) {
   ... on Sensors { results { name description sensorState { status } } } } }
@@ -129,6 +136,7 @@ def ui(tmp_path: Path, nats_server: RunningNatsServer) -> Iterator[GraphQL]:
                           env=env, cwd=home)
         assert refresh.returncode == 0, refresh.stdout + refresh.stderr
     with dagster_dev(home, env) as graphql:
+        graphql.env, graphql.home = env, home
         yield graphql
 
 
@@ -208,3 +216,24 @@ def test_the_ui_shows_the_drift_schedule_running_checks_per_namespace_and_the_me
     # 6. No per-process tags in the runs list.
     for run in runs:
         assert not [t for t in run["tags"] if t["key"].startswith(("kryten/host", "kryten/pid"))], run["tags"]
+
+    # 7. `refresh --all-namespaces` while the daemon runs: the CLI submits a backfill (the UI's own mutation,
+    #    through dagster-graphql) and returns; the daemon runs it, one successful refresh per namespace.
+    submitted = run_cli([venv_script("kryten-pipeline"), "refresh", "--all-namespaces", "--json"], env=ui.env,
+                        cwd=ui.home)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    backfill_id = json.loads(submitted.stdout)["backfill_id"]
+
+    def backfilled() -> dict[str, Any] | None:
+        backfill = ui(BACKFILL, id=backfill_id)["partitionBackfillOrError"]
+        settled = backfill["status"] not in ("REQUESTED", "CANCELING", "FAILING")
+        return backfill if settled and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED")
+                                           for r in backfill["runs"]) else None
+
+    backfill = wait_for("the backfill", backfilled, ui, TICK_TIMEOUT_S)
+    assert backfill["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), backfill
+    assert sorted(backfill["partitionNames"]) == sorted(NAMESPACES)
+    tags = [{t["key"]: t["value"] for t in r["tags"]} for r in backfill["runs"]]
+    assert {r["status"] for r in backfill["runs"]} == {"SUCCESS"}, backfill["runs"]
+    assert sorted(t["dagster/partition"] for t in tags) == sorted(NAMESPACES)
+    assert {t["kryten/trigger"] for t in tags} == {"cli"} and len({t["kryten/batch"] for t in tags}) == 1
