@@ -254,24 +254,21 @@ def _spec(name: str) -> SettingSpec:
 
 SETTINGS: tuple[SettingSpec, ...] = tuple(_spec(name) for name in Settings.model_fields)
 SPEC_BY_FIELD = {spec.field: spec for spec in SETTINGS}
-_ENV_OF = {spec.field: spec.env for spec in SETTINGS} | {spec.env: spec.env for spec in SETTINGS}
+# A pydantic error names a field by its variable (input from the environment) or by its name (typed input).
+_SPEC_BY_NAME = SPEC_BY_FIELD | {spec.env: spec for spec in SETTINGS}
 
 
 def configuration_error(exc: ValidationError) -> ConfigurationError:
     """One ``ConfigurationError`` for every value pydantic refused, each named by its variable."""
     problems: list[tuple[str, str]] = []
     for error in exc.errors():
-        loc = error.get("loc") or ("",)
-        env = _ENV_OF.get(str(loc[0]), str(loc[0]))
-        problems.append((env, _message(error, SPEC_BY_FIELD.get(str(loc[0])) or _spec_of_env(env))))
+        name = str((error.get("loc") or ("",))[0])
+        spec = _SPEC_BY_NAME.get(name)
+        problems.append((spec.env if spec else name, _message(error, spec)))
     if len(problems) == 1:
         env, message = problems[0]
         return ConfigurationError(message, setting=env)
     return ConfigurationError("; ".join(f"{env}: {message}" for env, message in problems), setting=problems[0][0])
-
-
-def _spec_of_env(env: str) -> SettingSpec | None:
-    return next((spec for spec in SETTINGS if spec.env == env), None)
 
 
 def _message(error: Any, spec: SettingSpec | None) -> str:
