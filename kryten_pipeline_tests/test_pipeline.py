@@ -262,6 +262,29 @@ def test_intermediates_are_stored_as_files_and_handed_over_in_memory_within_a_ru
     assert [Path(p).parts[-2:] for p in disk_reads] == [("validated_items", "default")]
     assert len(live_ids(env)) == 40
 
+    # The items themselves travel in batches, in staging files the materializations name.
+    metadata = {event.asset_key.path[-1]: event.step_materialization_data.materialization.metadata
+                for event in result.get_asset_materialization_events()}
+    staged_raw = Path(metadata["raw_catalog"]["staged_items"].value)
+    staged_valid = Path(metadata["validated_items"]["staged_rows"].value)
+    assert staged_raw == (storage / "staging" / "raw_catalog" / "default.batches").absolute()
+    assert staged_valid == (storage / "staging" / "validated_items" / "default.batches").absolute()
+    assert metadata["raw_catalog"]["staged_batches"].value == 1 and staged_raw.is_file() and staged_valid.is_file()
+    assert not list(staged_valid.parent.glob(".*.tmp"))  # written under a temporary name, renamed when complete
+
+    # Staged rows gone (removed by hand, another DAGSTER_HOME): the step fails naming what to do, nothing is swapped.
+    staged_valid.unlink()
+    before = live_ids(env)
+    missing = dg.materialize(
+        [raw_catalog, validated_items, sqlite_snapshot, kv_published], selection=[sqlite_snapshot],
+        partition_key="default", instance=env.instance, resources=definitions.resources, run_config=QUIET,
+        raise_on_error=False,
+    )
+    assert not missing.success
+    message = " ".join(failure_descriptions(missing))
+    assert "staged items" in message and "are gone" in message and "DAGSTER_HOME" in message, message
+    assert live_ids(env) == before
+
 
 def test_every_check_records_its_namespace_and_the_materialization_it_judged(env: PipelineEnv) -> None:
     register_namespaces(env.instance, ["beta"])

@@ -4,6 +4,7 @@ user's words, so FTS5 and SQL syntax in titles or queries is text, never an erro
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import tempfile
@@ -24,6 +25,7 @@ from kryten_pipeline.validation import (
     MAX_TITLE_LENGTH,
     VALIDATED_SCHEMA,
     ValidationResult,
+    validate_batches,
     validate_items,
     write_rejects_file,
 )
@@ -217,3 +219,28 @@ def test_sql_and_fts_syntax_in_titles_is_stored_and_found_verbatim(tmp_path: Pat
     conn = sqlite3.connect(built.path)
     assert sorted(r[0] for r in conn.execute("SELECT title FROM catalog_item")) == sorted(nasty)
     conn.close()
+
+
+def _split(items: list[dict[str, Any]], cuts: list[int]) -> list[dict[str, list[Any]]]:
+    bounds = sorted({0, len(items), *(c % (len(items) + 1) for c in cuts)})
+    return [{name: [item.get(name) for item in items[a:b]] for name in FIELDS} for a, b in itertools.pairwise(bounds)]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(catalogs(), st.lists(st.integers(0, 40), max_size=5))
+def test_validating_in_batches_judges_every_row_as_the_whole_catalog_at_once(items: list[dict[str, Any]],
+                                                                              cuts: list[int]) -> None:
+    """The refresh validates a batch at a time (validate_batches): cut anywhere — duplicates of an id accepted in
+    an earlier batch included — the same rows are accepted, in the same order, and the same rows rejected, with
+    the same row numbers, reasons and counts."""
+    whole = validate(items)
+    frames: list[Any] = []
+    summary = validate_batches(_split(items, cuts), frames.append, manifest_base=BASE)
+    accepted = [list(rows_from_frame(frame)) for frame in frames]
+    assert [row for batch in accepted for row in batch] == list(rows_from_frame(whole.frame))
+    assert summary.accepted_count == whole.accepted_count and summary.total == whole.total == len(items)
+    assert [(r.row, r.video_id, r.reasons) for r in summary.rejects] == [
+        (r.row, r.video_id, r.reasons) for r in whole.rejects]
+    assert summary.reason_counts == whole.reason_counts and summary.dropped == whole.dropped
+    head = list(rows_from_frame(summary.head)) if summary.head is not None else []
+    assert head == list(rows_from_frame(whole.frame.head(5)))

@@ -3,6 +3,7 @@ collecting a connector's items, throttled progress lines, the rejects file and t
 
 import asyncio
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,12 @@ from kryten_pipeline.errors import KrytenError
 from kryten_pipeline.kv.object_store import StoredObject, object_name
 from kryten_pipeline.kv.store import CurrentEntry, snapshot_store
 from kryten_pipeline.settings import Settings
+from kryten_pipeline.snapshot.build import rows_from_frame
 from kryten_pipeline.snapshot.diff import KINDS, SnapshotDiff
 from kryten_pipeline.snapshot.files import BuiltSnapshot, namespace_dir
 from kryten_pipeline.snapshot.recovery import Reconciliation, reconcile_live_with_current
-from kryten_pipeline.validation import ItemColumns, append_item, empty_columns, write_rejects_file
+from kryten_pipeline.staging import BATCH_ROWS, BatchWriter, StagedFile
+from kryten_pipeline.validation import append_item, empty_columns, write_rejects_file
 
 REJECT_FILES_KEPT = 10
 
@@ -29,11 +32,34 @@ async def reconcile(settings: Settings, namespace: str) -> Reconciliation:
         return await reconcile_live_with_current(store, settings.data_dir, namespace)
 
 
-async def collect(connector: CatalogConnector) -> ItemColumns:
-    columns = empty_columns()
-    async for item in connector.iter_catalog_items():
-        append_item(columns, item)
-    return columns
+async def collect(connector: CatalogConnector, path: Path) -> StagedFile:
+    """The connector's items, staged at ``path`` in batches of ``BATCH_ROWS`` (parallel columns)."""
+    with BatchWriter(path) as writer:
+        columns = empty_columns()
+        async for item in connector.iter_catalog_items():
+            append_item(columns, item)
+            if len(columns["video_id"]) == BATCH_ROWS:
+                writer.write(columns, BATCH_ROWS)
+                columns = empty_columns()
+        writer.write(columns, len(columns["video_id"]))
+    assert writer.staged is not None
+    return writer.staged
+
+
+class RowStager:
+    """Takes each validated frame (``validate_batches``' ``emit``) and stages it as a batch of snapshot rows,
+    counting their categories on the way (the UI's top categories)."""
+
+    def __init__(self, writer: BatchWriter) -> None:
+        self.writer = writer
+        self.categories: Counter[str] = Counter()
+
+    def __call__(self, frame: pd.DataFrame) -> None:
+        rows = list(rows_from_frame(frame))
+        categories = self.categories
+        for row in rows:
+            categories.update(row[2])
+        self.writer.write(rows, len(rows))
 
 
 # Each log line is an event-log write (~10 ms on the default SQLite storage): progress is shown at most this

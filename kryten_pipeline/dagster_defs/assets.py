@@ -7,12 +7,10 @@ yields and the metadata of its materialization. What they are (descriptions, typ
 
 import asyncio
 import time
-from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 
 from kryten_pipeline import __version__
 from kryten_pipeline.connectors import make_connector
@@ -25,6 +23,7 @@ from kryten_pipeline.dagster_defs.asset_metadata import (
     validated_column_schema,
 )
 from kryten_pipeline.dagster_defs.asset_steps import (
+    RowStager,
     collect,
     current_if_it_names,
     diff_table_metadata,
@@ -48,6 +47,7 @@ from kryten_pipeline.dagster_defs.asset_types import (
     VALIDATED_ITEMS_TYPE,
     RawCatalog,
     SnapshotConfig,
+    ValidatedItems,
 )
 from kryten_pipeline.dagster_defs.partitions import namespace_partitions
 from kryten_pipeline.dagster_defs.presentation import failure, markdown_table, scalar_metadata
@@ -68,13 +68,11 @@ from kryten_pipeline.kv.store import (
     snapshot_value,
 )
 from kryten_pipeline.manifest import manifest_base_from
-from kryten_pipeline.snapshot.build import build_snapshot_db, rows_from_frame
+from kryten_pipeline.snapshot.build import build_snapshot_db
 from kryten_pipeline.snapshot.files import install_snapshot, kept_snapshot_path, live_db_path, read_snapshot_meta
 from kryten_pipeline.snapshot.ids import iso_utc, new_snapshot_id
-from kryten_pipeline.validation import (
-    check_thresholds,
-    validate_items,
-)
+from kryten_pipeline.staging import BatchWriter, StagingError, staging_path
+from kryten_pipeline.validation import check_thresholds, validate_batches
 
 # Connector stats that repeat a figure raw_catalog already shows (row count, rejects, time, rate).
 _STATS_SHOWN_ABOVE = frozenset({"items", "records", "source_rejects", "wall_time_s", "items_per_s"})
@@ -106,12 +104,13 @@ def raw_catalog(
         context.log.info(f"reading catalog of namespace {namespace!r} from {connector.label}")
         started = time.perf_counter()
         with bulk_work():
-            columns = asyncio.run(collect(connector))
+            staged = asyncio.run(collect(connector, staging_path(context.instance.storage_directory(),
+                                                                  "raw_catalog", namespace)))
     except KrytenError as exc:
         raise failure(exc, namespace=namespace) from None
     elapsed = time.perf_counter() - started
     fault_point("fetch.done")
-    raw = RawCatalog(namespace, connector.label, columns, list(connector.source_rejects), dict(connector.stats))
+    raw = RawCatalog(namespace, connector.label, staged, list(connector.source_rejects), dict(connector.stats))
     records = raw.item_count + len(raw.source_rejects)
     metadata: dict[str, Any] = {
         "dagster/row_count": raw.item_count,
@@ -122,6 +121,8 @@ def raw_catalog(
         "timing.read_s": round(elapsed, 3),
         "items_per_s": round(records / elapsed, 1) if elapsed > 0 else 0.0,
         "recovery": recovery.detail or recovery.action,
+        "staged_items": dg.MetadataValue.path(str(staged.path)),
+        "staged_batches": staged.batches,
         # The connector's own figures, without those the lines above already give.
         **scalar_metadata({k: v for k, v in raw.stats.items() if k not in _STATS_SHOWN_ABOVE}, prefix="source."),
     }
@@ -167,10 +168,16 @@ def validated_items(
     except KrytenError as exc:
         raise failure(exc, namespace=namespace) from None
     started = time.perf_counter()
-    with bulk_work():
-        result = validate_items(raw_catalog.columns, manifest_base=manifest_base,
-                                source_rejects=raw_catalog.source_rejects,
-                                require_https_thumbnails=settings.require_https_thumbnails)
+    try:
+        with bulk_work(), BatchWriter(staging_path(context.instance.storage_directory(), "validated_items",
+                                                   namespace)) as writer:
+            stager = RowStager(writer)
+            result = validate_batches(raw_catalog.batches(), stager, manifest_base=manifest_base,
+                                      source_rejects=raw_catalog.source_rejects,
+                                      require_https_thumbnails=settings.require_https_thumbnails)
+    except KrytenError as exc:
+        raise failure(exc, namespace=namespace) from None
+    assert writer.staged is not None
     elapsed = time.perf_counter() - started
     live_meta = read_snapshot_meta(live_db_path(settings.data_dir, namespace))
     live_count = int(live_meta["item_count"]) if live_meta and live_meta.get("item_count") else None
@@ -178,8 +185,10 @@ def validated_items(
                               min_count_ratio=settings.min_count_ratio)
     rejects_path = write_rejects(settings, namespace, context.run_id, result.rejects)
 
-    frame = result.frame
-    frame.attrs.update(source=raw_catalog.source, rejected_count=result.rejected_count, total=result.total)
+    validated = ValidatedItems(
+        source=raw_catalog.source, rows=writer.staged, validated_rows=result.accepted_count,
+        rejected_count=result.rejected_count, total=result.total, top_categories=stager.categories.most_common(10),
+    )
     top = result.top_reasons(10)
     metadata: dict[str, Any] = {
         "dagster/row_count": result.accepted_count,
@@ -191,7 +200,8 @@ def validated_items(
         "thumbnails_dropped": sum(result.dropped.values()),
         "dropped_values": dg.MetadataValue.md(
             markdown_table(["dropped (row kept)", "rows"], result.dropped.most_common()) if result.dropped else "none"),
-        "preview": dg.MetadataValue.md(preview(frame)),
+        "preview": dg.MetadataValue.md(preview(result.head) if result.head is not None else "no valid items"),
+        "staged_rows": dg.MetadataValue.path(str(writer.staged.path)),
     }
     if rejects_path:
         metadata["rejects_file"] = dg.MetadataValue.path(str(rejects_path.resolve()))
@@ -204,7 +214,7 @@ def validated_items(
            if dropped else "")
     )
     fault_point("validate.done")
-    yield dg.Output(frame, metadata=metadata)
+    yield dg.Output(validated, metadata=metadata)
     yield dg.AssetCheckResult(
         check_name="schema_and_reject_ratio",
         passed=report.passed,
@@ -256,7 +266,7 @@ def validated_items(
     ],
 )
 def sqlite_snapshot(
-    context: dg.AssetExecutionContext, config: SnapshotConfig, validated_items: pd.DataFrame,
+    context: dg.AssetExecutionContext, config: SnapshotConfig, validated_items: ValidatedItems,
     pipeline: PipelineResource, nats: NatsResource,
 ) -> Any:
     namespace = context.partition_key
@@ -266,12 +276,12 @@ def sqlite_snapshot(
     now = datetime.now(UTC)
     live_meta = read_snapshot_meta(live_db_path(settings.data_dir, namespace))
     snapshot_id = new_snapshot_id(now, after=live_meta.get("snapshot_id") if live_meta else None)
-    source = str(validated_items.attrs.get("source", "unknown"))
-    rejected = int(validated_items.attrs.get("rejected_count", 0))
+    source = validated_items.source
+    rejected = validated_items.rejected_count
     try:
         with bulk_work():
             built = build_snapshot_db(
-                rows_from_frame(validated_items),
+                validated_items.iter_rows(),
                 data_dir=settings.data_dir,
                 namespace=namespace,
                 snapshot_id=snapshot_id,
@@ -284,6 +294,8 @@ def sqlite_snapshot(
                 },
                 compare_with=live_db_path(settings.data_dir, namespace),
             )
+    except StagingError as exc:
+        raise failure(exc, namespace=namespace) from None
     except SnapshotBuildError as exc:
         yield dg.AssetCheckResult(check_name="sqlite_integrity", passed=False, description=str(exc))
         yield dg.AssetCheckResult(check_name="removal_guard", passed=False, description="not evaluated: build failed")
@@ -366,7 +378,7 @@ def sqlite_snapshot(
         f"snapshot {built.snapshot_id}: {built.item_count} items, {built.category_count} categories, "
         f"swapped in at {installed.live_path} (previous: {installed.previous_snapshot_id or 'none'})"
     )
-    top_categories = Counter(c for cats in validated_items["categories"] for c in cats).most_common(10)
+    top_categories = validated_items.top_categories
     info["previous_snapshot_id"] = installed.previous_snapshot_id
     yield dg.Output(
         info,
