@@ -287,8 +287,8 @@ def _coerce_columns(columns: ItemColumns, manifest_base: str, *, require_https_t
                 bad(index, f"duration_seconds must be whole seconds: {value!r}")
         elif isinstance(value, int):
             number = int(value)
-        elif isinstance(value, str) and value.strip().isdigit():
-            number = int(value.strip())
+        elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+            number = int(value.strip())  # ASCII digits only: "²" is a digit to isdigit() but not to int()
         else:
             bad(index, f"duration_seconds must be an integer: {_short(value)}")
         if number is not None and abs(number) > 2**62:

@@ -70,6 +70,8 @@ def test_valid_items_pass_with_trimmed_titles_and_derived_manifests() -> None:
         ({"title": "x" * 1001}, "title longer than 1000"),
         ({"duration_seconds": -1}, "duration_seconds is negative"),
         ({"duration_seconds": "abc"}, "duration_seconds must be an integer"),
+        ({"duration_seconds": "²"}, "duration_seconds must be an integer"),  # a digit to str.isdigit, not to int
+        ({"duration_seconds": "٣"}, "duration_seconds must be an integer"),  # ASCII digits only
         ({"duration_seconds": 1.5}, "duration_seconds must be whole seconds"),
         ({"duration_seconds": float("nan")}, "duration_seconds must be whole seconds"),
         ({"duration_seconds": True}, "duration_seconds must be an integer"),
