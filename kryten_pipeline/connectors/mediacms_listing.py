@@ -332,15 +332,22 @@ class MediaCMSListing:
 
     async def _walk_listing(self, url: str, params: dict[str, str] | None, first: Any) -> None:
         endpoint = self.stats["endpoint"]
+        # Pages arrive out of order; items keep the listing's order: each page is merged as soon as every page
+        # before it has been, so only the pages that arrived early wait here, not the whole listing (at 100k items
+        # that held every row twice, as page rows and as merged items, until the last page came).
         pages: dict[int, list[tuple[Any, ...]]] = {}
+        next_page = [1]
 
         def take(page: int, results: list[Any]) -> None:
             pages[page] = self._listing_rows(results)
+            while next_page[0] in pages:
+                self._merge_listing(pages.pop(next_page[0]))
+                next_page[0] += 1
             self.stats["pages"] += 1
             self._report()
 
         result = await self._walk(url, params, take, what=f"/{endpoint} listing", first=first)
-        for page in sorted(pages):  # pages arrive out of order; items keep the listing's order
+        for page in sorted(pages):  # after a page that was never answered (the list shrank meanwhile)
             self._merge_listing(pages.pop(page))
         self.stats["listing_count"] = result.last_count
         capped = endpoint == "media"
