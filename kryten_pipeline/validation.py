@@ -153,17 +153,13 @@ def _strict(value: Any) -> Any:
     return value
 
 
-@dataclass(slots=True)
-class ValidationResult:
-    frame: pd.DataFrame
+class _RejectFigures:
+    """The figures of a validation outcome that follow from its rejects, total and reason counts."""
+
+    __slots__ = ()
     rejects: list[RejectedRow]
     total: int
-    reason_counts: Counter[str] = field(default_factory=Counter)
-    dropped: Counter[str] = field(default_factory=Counter)  # values dropped from kept rows (bad thumbnails)
-
-    @property
-    def accepted_count(self) -> int:
-        return len(self.frame)
+    reason_counts: Counter[str]
 
     @property
     def rejected_count(self) -> int:
@@ -175,6 +171,19 @@ class ValidationResult:
 
     def top_reasons(self, limit: int = 5) -> list[tuple[str, int]]:
         return self.reason_counts.most_common(limit)
+
+
+@dataclass(slots=True)
+class ValidationResult(_RejectFigures):
+    frame: pd.DataFrame
+    rejects: list[RejectedRow]
+    total: int
+    reason_counts: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)  # values dropped from kept rows (bad thumbnails)
+
+    @property
+    def accepted_count(self) -> int:
+        return len(self.frame)
 
 
 @dataclass(slots=True)
@@ -422,7 +431,7 @@ def validate_items(
 
 
 @dataclass(slots=True)
-class ValidationSummary:
+class ValidationSummary(_RejectFigures):
     """What ``validate_batches`` found over all batches (the frames themselves went to its ``emit``)."""
 
     accepted_count: int
@@ -431,17 +440,6 @@ class ValidationSummary:
     reason_counts: Counter[str]
     dropped: Counter[str]
     head: pd.DataFrame | None  # the first accepted rows (the UI's preview)
-
-    @property
-    def rejected_count(self) -> int:
-        return len(self.rejects)
-
-    @property
-    def reject_ratio(self) -> float:
-        return self.rejected_count / self.total if self.total else 0.0
-
-    def top_reasons(self, limit: int = 5) -> list[tuple[str, int]]:
-        return self.reason_counts.most_common(limit)
 
 
 def validate_batches(
