@@ -15,6 +15,7 @@ directory, the same trust as its IO-manager pickles.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 from collections.abc import Iterator
@@ -111,7 +112,7 @@ class BatchWriter:
             self._temp.unlink(missing_ok=True)
 
     def _error(self, exc: OSError) -> StagingError:
-        hint = " (is the disk full?)" if "No space" in str(exc) else ""
+        hint = " (is the disk full?)" if exc.errno == errno.ENOSPC else ""
         return StagingError(f"could not stage items in {self.path.parent}: {exc}{hint}", setting="DAGSTER_HOME")
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
@@ -356,6 +357,12 @@ def _any_surrogate(values: list[Any]) -> bool:
     return _SURROGATE.search("".join(v for v in values if type(v) is str)) is not None
 
 
+def _source_reject_rows(source_rejects: Iterable[SourceReject]) -> tuple[list[RejectedRow], Counter[str]]:
+    """Records the connector could not turn into items, as rejected rows (row 0) and their reason counts."""
+    rejects = [RejectedRow(row=0, video_id=None, reasons=[r.reason], record=r.record) for r in source_rejects]
+    return rejects, Counter(_reason_code(r.reasons[0]) for r in rejects)
+
+
 def validate_items(
     items: Iterable[CatalogItem] | ItemColumns,
     *,
@@ -373,15 +380,9 @@ def validate_items(
     are added to it.
     """
     columns = items if isinstance(items, dict) else items_to_columns(items)
-    rejects: list[RejectedRow] = []
-    reason_counts: Counter[str] = Counter()
-    source_reject_count = 0
-    for reject in source_rejects:
-        rejects.append(RejectedRow(row=0, video_id=None, reasons=[reject.reason], record=reject.record))
-        reason_counts[_reason_code(reject.reason)] += 1
-        source_reject_count += 1
+    rejects, reason_counts = _source_reject_rows(source_rejects)
     count = len(columns["video_id"])
-    total = count + source_reject_count
+    total = count + len(rejects)
 
     dropped: Counter[str] = Counter()
     typed, failures = _coerce_columns(columns, manifest_base, require_https_thumbnails=require_https_thumbnails,
@@ -454,12 +455,8 @@ def validate_batches(
     """``validate_items`` over a catalog given a batch at a time: the same rejects, reasons and row numbers as
     for the whole catalog at once, each batch's validated frame handed to ``emit`` in order, so only a batch is
     in memory at a time. Duplicates across batches keep the first valid occurrence, as within one."""
-    rejects: list[RejectedRow] = []
-    reason_counts: Counter[str] = Counter()
+    rejects, reason_counts = _source_reject_rows(source_rejects)
     dropped: Counter[str] = Counter()
-    for reject in source_rejects:
-        rejects.append(RejectedRow(row=0, video_id=None, reasons=[reject.reason], record=reject.record))
-        reason_counts[_reason_code(reject.reason)] += 1
     total, accepted, next_row = len(rejects), 0, 1
     head: pd.DataFrame | None = None
     seen: set[str] = set()
@@ -562,6 +559,8 @@ _CHECK_MESSAGES = {
 
 def _failure_reason(column: Any, check: Any, value: Any) -> str:
     check_text = str(check)
+    if isinstance(value, np.generic):  # pandera's failure cases are numpy scalars when a column's are all numbers
+        value = value.item()
     if check_text in _CHECK_MESSAGES:
         message = _CHECK_MESSAGES[check_text].format(column=column)
         if check_text == "not_nullable" and column == "manifest_url":

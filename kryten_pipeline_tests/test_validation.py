@@ -84,6 +84,12 @@ def test_each_rule_rejects_with_a_reason(overrides: dict[str, object], expected:
     assert any(r.startswith(expected) for r in reasons), reasons
 
 
+def test_a_reason_shows_the_value_as_python_writes_it() -> None:
+    """pandera hands numpy scalars as failure cases when a column's are all numbers; the reason shows -5, never
+    np.int64(-5) — and so reads the same whichever batch the row falls in."""
+    assert reasons_for(good(1, duration_seconds=-5)) == ["duration_seconds is negative: -5"]
+
+
 def test_duplicates_keep_the_first_occurrence() -> None:
     result = validate_items([good(1, title="first"), good(2), good(1, title="second")], manifest_base=BASE)
     assert list(result.frame["video_id"]) == ["vid00001", "vid00002"]
