@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,66 @@ class BatchWriter:
     def _error(self, exc: OSError) -> StagingError:
         hint = " (is the disk full?)" if exc.errno == errno.ENOSPC else ""
         return StagingError(f"could not stage items in {self.path.parent}: {exc}{hint}", setting="DAGSTER_HOME")
+
+
+class RowSpill:
+    """Rows a source must hold until it may hand on the first (its whole listing), kept in an anonymous temporary
+    file instead of memory: appended in order, read back in the same order, gone when closed or when the process
+    ends. ``len()`` counts the rows added."""
+
+    def __init__(self, batch_rows: int = BATCH_ROWS // 2) -> None:
+        self.batch_rows = batch_rows
+        self._pending: list[Any] = []
+        self._file: Any = None
+        self._batches = 0
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, row: Any) -> None:
+        self._pending.append(row)
+        self._count += 1
+        if len(self._pending) >= self.batch_rows:
+            self._flush()
+
+    def rows(self) -> Iterator[Any]:
+        """Every row added, in order (rows added while iterating are not seen)."""
+        self._flush()
+        if self._file is None:
+            return
+        try:
+            self._file.seek(0)
+            for _ in range(self._batches):
+                yield from pickle.load(self._file)
+        except OSError as exc:
+            raise _spill_error(exc) from exc
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._pending = []
+        self._batches = self._count = 0
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        try:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(prefix="kryten-spill-")  # noqa: SIM115 - closed by close()
+            self._file.seek(0, os.SEEK_END)
+            pickle.dump(self._pending, self._file, protocol=pickle.HIGHEST_PROTOCOL)
+        except OSError as exc:
+            raise _spill_error(exc) from exc
+        self._batches += 1
+        self._pending = []
+
+
+def _spill_error(exc: OSError) -> StagingError:
+    hint = " (is the disk full?)" if exc.errno == errno.ENOSPC else ""
+    return StagingError(f"could not keep the listing in a temporary file in {tempfile.gettempdir()}: {exc}{hint}",
+                        setting="TMPDIR")
 
 
 def _remove_abandoned(path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kryten_pipeline.staging import BatchWriter, StagedFile, StagingError, staging_path
+from kryten_pipeline.staging import BatchWriter, RowSpill, StagedFile, StagingError, staging_path
 
 
 def test_batches_are_read_back_in_order_and_empty_batches_are_not_written(tmp_path: Path) -> None:
@@ -72,3 +72,32 @@ def test_an_unwritable_staging_directory_names_the_setting(tmp_path: Path) -> No
     with (pytest.raises(StagingError, match=r"could not stage items in .*DAGSTER_HOME"),
           BatchWriter(staging_path(tmp_path, "raw_catalog", "default"))):
         pass
+
+
+def test_a_row_spill_gives_its_rows_back_in_order_with_their_types(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    spill = RowSpill(batch_rows=3)
+    assert list(spill.rows()) == [] and len(spill) == 0
+    rows = [(f"t{i}", f"title {i}", True if i == 4 else i * 1.5, None) for i in range(8)]
+    for row in rows:
+        spill.add(row)
+    assert len(spill) == 8
+    assert list(spill.rows()) == rows  # two full batches on disk and two rows still pending
+    assert type(list(spill.rows())[4][2]) is bool  # a boolean duration stays a boolean
+    # The file is anonymous: nothing shows in the directory while in use, nothing is left after close().
+    assert list(tmp_path.iterdir()) == []
+    spill.close()
+    assert list(spill.rows()) == [] and len(spill) == 0
+    spill.add(("again",))
+    assert list(spill.rows()) == [("again",)]
+    spill.close()
+
+
+def test_a_row_spill_that_cannot_write_names_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "missing"))
+    spill = RowSpill(batch_rows=1)
+    with pytest.raises(StagingError) as caught:
+        spill.add(("a",))
+    assert caught.value.setting == "TMPDIR"
+    assert str(tmp_path / "missing") in str(caught.value)

@@ -50,8 +50,12 @@ from kryten_pipeline.connectors.mediacms_listing import (
 from kryten_pipeline.errors import ConfigurationError
 from kryten_pipeline.retry_policy import RetryPolicy
 from kryten_pipeline.settings import Settings
+from kryten_pipeline.staging import RowSpill
 
 __all__ = ["LISTING_CAP", "MediaCMSConnector", "PlayablePolicy", "scrub_url"]
+
+# Listed items wait on disk, read back this many at a time (staging.RowSpill) once every category is known.
+LISTING_SPILL_ROWS = 5_000
 
 
 class MediaCMSConnector(MediaCMSHttp, MediaCMSListing, MediaCMSCategories):
@@ -104,6 +108,7 @@ class MediaCMSConnector(MediaCMSHttp, MediaCMSListing, MediaCMSCategories):
         self._transport = transport
         self.stats: dict[str, Any] = {}
         self.source_rejects: list[SourceReject] = []
+        self._listed = RowSpill(LISTING_SPILL_ROWS)
         self._reset()
 
     @classmethod
@@ -165,10 +170,13 @@ class MediaCMSConnector(MediaCMSHttp, MediaCMSListing, MediaCMSCategories):
         self._basic: httpx.BasicAuth | None = None
         self._authenticated = False
         self._editor = False
-        # token -> (title, duration, thumbnail, visible_to_search); insertion order = listing order
-        self._playable: dict[str, tuple[Any, Any, Any, bool]] = {}
+        # token -> visible to /search; insertion order = listing order. The items' values wait on disk in
+        # ``_listed`` until every category is known (at 100k items they were 40 MB of strings in memory).
+        self._playable: dict[str, bool] = {}
+        self._listed.close()
         self._seen: set[str] = set()
         self._full_categories: dict[str, tuple[str, ...]] = {}
+        self._category_lists: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._titles: list[str] = []
         self._supersets: dict[str, list[str]] = {}
         self._search_complete: dict[str, bool] = {}
@@ -233,21 +241,26 @@ class MediaCMSConnector(MediaCMSHttp, MediaCMSListing, MediaCMSCategories):
         order = {title: index for index, title in enumerate(self._titles)}
         members, full = self._members_by_token, self._full_categories
         normalised: dict[tuple[str, ...], list[str]] = {}  # few distinct combinations: order each once
-        for token, (title, duration, thumbnail, _visible) in self._playable.items():
-            categories = full.get(token)
-            if categories is None:
-                categories = tuple(members.get(token, ()))
-            ordered = normalised.get(categories)
-            if ordered is None:
-                ordered = normalised[categories] = _ordered(categories, order)
-            self.stats["items"] += 1
-            yield CatalogItem(
-                video_id=token,
-                title=title,
-                categories=list(ordered),
-                duration_seconds=duration,
-                thumbnail_url=thumbnail,
-            )
+        try:
+            for token, title, duration, thumbnail in self._listed.rows():
+                if token not in self._playable:
+                    continue  # disappeared during the refresh (a detail call answered 404)
+                categories = full.get(token)
+                if categories is None:
+                    categories = tuple(members.get(token, ()))
+                ordered = normalised.get(categories)
+                if ordered is None:
+                    ordered = normalised[categories] = _ordered(categories, order)
+                self.stats["items"] += 1
+                yield CatalogItem(
+                    video_id=token,
+                    title=title,
+                    categories=list(ordered),
+                    duration_seconds=duration,
+                    thumbnail_url=thumbnail,
+                )
+        finally:
+            self._listed.close()
         self._update_timing()
         self._report(force=True)
 

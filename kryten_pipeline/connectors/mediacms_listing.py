@@ -290,6 +290,7 @@ class MediaCMSListing:
             if not isinstance(token, str) or not token:
                 rows.append((None, excerpt(record), None, None, None, False, None))
                 continue
+            token = sys.intern(token)  # the same string object as every later sighting (category searches)
             reason = policy.exclusion(record)
             if reason is not None:
                 rows.append((token, reason, None, None, None, False, None))
@@ -325,7 +326,8 @@ class MediaCMSListing:
                     excluded[reason] = excluded.get(reason, 0) + 1
                     stats["excluded_total"] += 1
                 else:
-                    playable[token] = (title, duration, thumbnail, visible)
+                    playable[token] = visible
+                    self._listed.add((token, title, duration, thumbnail))
                     if author:
                         authors[token] = sys.intern(author)
         stats["listed"] = len(seen)
