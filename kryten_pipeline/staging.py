@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from kryten_pipeline.errors import KrytenError
 from kryten_pipeline.processes import pid_alive
@@ -125,7 +125,7 @@ class RowSpill:
     def __init__(self, batch_rows: int = BATCH_ROWS // 2) -> None:
         self.batch_rows = batch_rows
         self._pending: list[Any] = []
-        self._file: Any = None
+        self._file: IO[bytes] | None = None
         self._batches = 0
         self._count = 0
 
@@ -139,7 +139,7 @@ class RowSpill:
             self._flush()
 
     def rows(self) -> Iterator[Any]:
-        """Every row added, in order (rows added while iterating are not seen)."""
+        """Every row added, in order. Add none while iterating: a write moves the file position."""
         self._flush()
         if self._file is None:
             return

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -143,6 +145,34 @@ def test_listed_items_wait_on_disk_not_in_memory(monkeypatch: pytest.MonkeyPatch
         assert_matches(items, catalog.expected_playable(), server)
     assert title_bytes > 10_000_000
     assert held[0] < title_bytes / 5, (held[0], title_bytes)
+
+
+def test_a_failed_walk_leaves_no_listing_file_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The listing's temporary file is closed as soon as the walk fails, not when the connector is collected."""
+    from kryten_pipeline.connectors import mediacms
+
+    monkeypatch.setattr(mediacms, "LISTING_SPILL_ROWS", 20)  # on disk from the first pages on
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    catalog = generate_catalog(900, 4, seed=9)
+
+    def open_in_tmp() -> list[str]:
+        """This process's open files in the temporary directory (an anonymous one reads '<dir>/#123 (deleted)')."""
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except FileNotFoundError:  # closed meanwhile, e.g. the directory listing's own descriptor
+                continue
+        return [link for link in links if link.startswith(str(tmp_path))]
+
+    with FakeMediaCMS(catalog) as server:
+        server.after_page("/api/v1/manage_media", 2, delete_items([m.token for m in catalog.items[:40]]))
+        connector = connector_for(server)
+        with pytest.raises(SourceError, match="changed while it was read"):
+            collect(connector)
+        assert open_in_tmp() == []
+        collect(connector_for(server))  # the same directory serves the next refresh
+        assert open_in_tmp() == []
 
 
 def test_anonymous_small_catalog_uses_media_and_never_asks_manage_media() -> None:

@@ -235,6 +235,9 @@ class MediaCMSConnector(MediaCMSHttp, MediaCMSListing, MediaCMSCategories):
                     self._walk_categories(),
                 ])
                 await self._complete_categories()
+        except BaseException:
+            self._listed.close()  # nothing will be handed on
+            raise
         finally:
             self._client = None
             self._update_timing()  # a failed run still reports how far it got
