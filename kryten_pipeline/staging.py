@@ -113,8 +113,7 @@ class BatchWriter:
             self._temp.unlink(missing_ok=True)
 
     def _error(self, exc: OSError) -> StagingError:
-        hint = " (is the disk full?)" if exc.errno == errno.ENOSPC else ""
-        return StagingError(f"could not stage items in {self.path.parent}: {exc}{hint}", setting="DAGSTER_HOME")
+        return _disk_error(f"could not stage items in {self.path.parent}", exc, "DAGSTER_HOME")
 
 
 class RowSpill:
@@ -122,7 +121,7 @@ class RowSpill:
     file instead of memory: appended in order, read back in the same order, gone when closed or when the process
     ends. ``len()`` counts the rows added."""
 
-    def __init__(self, batch_rows: int = BATCH_ROWS // 2) -> None:
+    def __init__(self, batch_rows: int) -> None:
         self.batch_rows = batch_rows
         self._pending: list[Any] = []
         self._file: IO[bytes] | None = None
@@ -172,9 +171,12 @@ class RowSpill:
 
 
 def _spill_error(exc: OSError) -> StagingError:
+    return _disk_error(f"could not keep the listing in a temporary file in {tempfile.gettempdir()}", exc, "TMPDIR")
+
+
+def _disk_error(doing: str, exc: OSError, setting: str) -> StagingError:
     hint = " (is the disk full?)" if exc.errno == errno.ENOSPC else ""
-    return StagingError(f"could not keep the listing in a temporary file in {tempfile.gettempdir()}: {exc}{hint}",
-                        setting="TMPDIR")
+    return StagingError(f"{doing}: {exc}{hint}", setting=setting)
 
 
 def _remove_abandoned(path: Path) -> None:
